@@ -1,0 +1,288 @@
+"""CFFI build module: the cdef of what libbpf-batch calls, and how to get the libbpf it links.
+
+cffi executes this file (``__name__ == "__cffi__"``) and ``setup.py`` imports it, so the top level
+only declares; libbpf is built by :func:`build_vendored_libbpf`, which the build hook calls.
+
+Environment:
+  LIBBPF_BATCH_USE_SYSTEM=1   link the system's libbpf (pkg-config libbpf) instead of the pin
+  LIBBPF_TARBALL=/path        use this libbpf tarball instead of downloading it (offline builds)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from cffi import FFI
+
+ROOT = Path(__file__).resolve().parent
+VENDOR = ROOT / "vendor" / "libbpf"
+BUILD = ROOT / "build"
+PREFIX = BUILD / "libbpf" / "install"  # headers and libbpf.a land here
+
+CDEF = """
+typedef int... __u32;
+typedef int... __u64;
+
+/* uapi linux/bpf.h: the compiler fills in the values */
+enum bpf_map_type {
+    BPF_MAP_TYPE_UNSPEC, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PROG_ARRAY,
+    BPF_MAP_TYPE_PERF_EVENT_ARRAY, BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY,
+    BPF_MAP_TYPE_STACK_TRACE, BPF_MAP_TYPE_CGROUP_ARRAY, BPF_MAP_TYPE_LRU_HASH,
+    BPF_MAP_TYPE_LRU_PERCPU_HASH, BPF_MAP_TYPE_LPM_TRIE, BPF_MAP_TYPE_ARRAY_OF_MAPS,
+    BPF_MAP_TYPE_HASH_OF_MAPS, BPF_MAP_TYPE_DEVMAP, BPF_MAP_TYPE_SOCKMAP, BPF_MAP_TYPE_CPUMAP,
+    BPF_MAP_TYPE_XSKMAP, BPF_MAP_TYPE_SOCKHASH, BPF_MAP_TYPE_CGROUP_STORAGE,
+    BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE, BPF_MAP_TYPE_QUEUE,
+    BPF_MAP_TYPE_STACK, BPF_MAP_TYPE_SK_STORAGE, BPF_MAP_TYPE_DEVMAP_HASH,
+    BPF_MAP_TYPE_STRUCT_OPS, BPF_MAP_TYPE_RINGBUF, BPF_MAP_TYPE_INODE_STORAGE,
+    BPF_MAP_TYPE_TASK_STORAGE, BPF_MAP_TYPE_BLOOM_FILTER, BPF_MAP_TYPE_USER_RINGBUF,
+    BPF_MAP_TYPE_CGRP_STORAGE, ...
+};
+
+#define BPF_ANY ...
+#define BPF_NOEXIST ...
+#define BPF_EXIST ...
+#define BPF_F_LOCK ...
+
+#define BPF_F_NO_PREALLOC ...
+#define BPF_F_NO_COMMON_LRU ...
+#define BPF_F_NUMA_NODE ...
+#define BPF_F_RDONLY ...
+#define BPF_F_WRONLY ...
+#define BPF_F_STACK_BUILD_ID ...
+#define BPF_F_ZERO_SEED ...
+#define BPF_F_RDONLY_PROG ...
+#define BPF_F_WRONLY_PROG ...
+#define BPF_F_CLONE ...
+#define BPF_F_MMAPABLE ...
+#define BPF_F_PRESERVE_ELEMS ...
+#define BPF_F_INNER_MAP ...
+#define BPF_OBJ_NAME_LEN ...
+
+struct bpf_map_info {
+    __u32 type;
+    __u32 id;
+    __u32 key_size;
+    __u32 value_size;
+    __u32 max_entries;
+    __u32 map_flags;
+    char name[16];
+    __u32 ifindex;
+    __u32 btf_vmlinux_value_type_id;
+    __u64 netns_dev;
+    __u64 netns_ino;
+    __u32 btf_id;
+    __u32 btf_key_type_id;
+    __u32 btf_value_type_id;
+    __u64 map_extra;
+    ...;
+};
+
+/* bpf.h */
+struct bpf_map_create_opts {
+    size_t sz;
+    __u32 btf_fd;
+    __u32 btf_key_type_id;
+    __u32 btf_value_type_id;
+    __u32 btf_vmlinux_value_type_id;
+    __u32 inner_map_fd;
+    __u32 map_flags;
+    __u64 map_extra;
+    __u32 numa_node;
+    __u32 map_ifindex;
+};
+int bpf_map_create(enum bpf_map_type map_type, const char *map_name, __u32 key_size,
+                   __u32 value_size, __u32 max_entries, const struct bpf_map_create_opts *opts);
+
+int bpf_map_update_elem(int fd, const void *key, const void *value, __u64 flags);
+int bpf_map_lookup_elem(int fd, const void *key, void *value);
+int bpf_map_lookup_elem_flags(int fd, const void *key, void *value, __u64 flags);
+int bpf_map_lookup_and_delete_elem(int fd, const void *key, void *value);
+int bpf_map_delete_elem(int fd, const void *key);
+int bpf_map_get_next_key(int fd, const void *key, void *next_key);
+
+struct bpf_map_batch_opts {
+    size_t sz;
+    __u64 elem_flags;
+    __u64 flags;
+};
+int bpf_map_delete_batch(int fd, const void *keys, __u32 *count,
+                         const struct bpf_map_batch_opts *opts);
+int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values,
+                         __u32 *count, const struct bpf_map_batch_opts *opts);
+int bpf_map_lookup_and_delete_batch(int fd, void *in_batch, void *out_batch, void *keys,
+                                    void *values, __u32 *count,
+                                    const struct bpf_map_batch_opts *opts);
+int bpf_map_update_batch(int fd, const void *keys, const void *values, __u32 *count,
+                         const struct bpf_map_batch_opts *opts);
+
+int bpf_obj_pin(int fd, const char *pathname);
+int bpf_obj_get(const char *pathname);
+int bpf_map_get_next_id(__u32 start_id, __u32 *next_id);
+int bpf_map_get_fd_by_id(__u32 id);
+int bpf_obj_get_info_by_fd(int bpf_fd, void *info, __u32 *info_len);
+
+/* libbpf.h */
+const char *libbpf_version_string(void);
+int libbpf_num_possible_cpus(void);
+
+struct bpf_object;
+struct bpf_program;
+struct bpf_map;
+struct bpf_link;
+struct bpf_object_open_opts;
+struct bpf_object *bpf_object__open_file(const char *path,
+                                         const struct bpf_object_open_opts *opts);
+int bpf_object__load(struct bpf_object *obj);
+void bpf_object__close(struct bpf_object *obj);
+struct bpf_map *bpf_object__find_map_by_name(const struct bpf_object *obj, const char *name);
+struct bpf_program *bpf_object__find_program_by_name(const struct bpf_object *obj,
+                                                     const char *name);
+int bpf_map__fd(const struct bpf_map *map);
+int bpf_program__fd(const struct bpf_program *prog);
+struct bpf_link *bpf_program__attach(const struct bpf_program *prog);
+int bpf_link__destroy(struct bpf_link *link);
+
+/* btf.h */
+struct btf;
+struct btf *btf__load_from_kernel_by_id(__u32 id);
+void btf__free(struct btf *btf);
+const void *btf__raw_data(const struct btf *btf, __u32 *size);
+"""
+
+SOURCE = """
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <bpf/btf.h>
+"""
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_pin(vendor: Path = VENDOR) -> tuple[str, str, str]:
+    """The pinned (version, sha256, tarball name) from vendor/libbpf."""
+    version = (vendor / "VERSION").read_text().strip()
+    sha, name = (vendor / "SHA256").read_text().split()
+    return version, sha, name
+
+
+def check_tarball(path: Path, want_sha: str) -> None:
+    """Raise RuntimeError unless ``path`` has the pinned sha256."""
+    got = sha256_of(path)
+    if got != want_sha:
+        raise RuntimeError(
+            f"vendor/libbpf: sha256 mismatch for {path}: got {got}, want {want_sha}; "
+            "delete it and run vendor/libbpf/fetch.sh, or set LIBBPF_BATCH_USE_SYSTEM=1"
+        )
+
+
+def use_system_libbpf(environ: dict[str, str] | None = None) -> bool:
+    """True when LIBBPF_BATCH_USE_SYSTEM=1 asks for the system's libbpf."""
+    env = os.environ if environ is None else environ
+    return env.get("LIBBPF_BATCH_USE_SYSTEM", "") == "1"
+
+
+def find_tarball() -> Path:
+    """The pinned tarball: LIBBPF_TARBALL, one shipped in the sdist (vendor/libbpf), or fetched."""
+    _, sha, name = read_pin()
+    for candidate in (os.environ.get("LIBBPF_TARBALL"), VENDOR / name, BUILD / name):
+        if candidate and Path(candidate).is_file():
+            check_tarball(Path(candidate), sha)
+            return Path(candidate)
+    out = subprocess.run(
+        ["bash", str(VENDOR / "fetch.sh"), str(BUILD)], check=True, stdout=subprocess.PIPE, text=True
+    ).stdout
+    return Path(out.strip().splitlines()[-1])
+
+
+def build_vendored_libbpf() -> None:
+    """Build the pinned libbpf as a static PIC archive under build/libbpf (idempotent)."""
+    if use_system_libbpf():
+        return
+    version, _, _ = read_pin()
+    archive = PREFIX / "lib" / "libbpf.a"
+    stamp = PREFIX / "VERSION"
+    if archive.is_file() and stamp.is_file() and stamp.read_text().strip() == version:
+        return
+    tarball = find_tarball()
+    src_root = BUILD / "src"
+    shutil.rmtree(src_root, ignore_errors=True)
+    shutil.rmtree(PREFIX.parent, ignore_errors=True)
+    src_root.mkdir(parents=True)
+    with tarfile.open(tarball) as tar:
+        # The "data" filter refuses links out of the tree; older Pythons don't have it.
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(src_root, **safe)  # type: ignore[arg-type]
+    (src,) = [p / "src" for p in src_root.iterdir() if (p / "src" / "Makefile").is_file()]
+    obj = PREFIX.parent / "obj"
+    obj.mkdir(parents=True)
+    cmd = [
+        "make", "-C", str(src), f"-j{os.cpu_count() or 1}",
+        "BUILD_STATIC_ONLY=1",
+        # Debian's gcc defaults to PIE objects that can't go into a shared extension;
+        # EXTRA_CFLAGS keeps libbpf's own CFLAGS (CFLAGS= would replace them).
+        "EXTRA_CFLAGS=-fPIC",
+        f"OBJDIR={obj}", f"DESTDIR={PREFIX}", "PREFIX=", "LIBDIR=/lib",
+        "install", "install_uapi_headers",
+    ]
+    print("building libbpf:", shlex.join(cmd), file=sys.stderr)
+    try:
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise RuntimeError(
+            f"vendor/libbpf: building libbpf {version} failed ({e}); it needs make, gcc, "
+            "libelf-dev, zlib1g-dev and pkg-config (`make deps` installs them)"
+        ) from e
+    stamp.write_text(version + "\n")
+
+
+def vendored_libbpf() -> dict[str, list[str]]:
+    """set_source() arguments for the pinned, statically linked libbpf."""
+    return {
+        "include_dirs": [str(PREFIX / "include")],
+        "extra_objects": [str(PREFIX / "lib" / "libbpf.a")],
+        # libbpf.a needs libelf and zlib; hide libbpf's symbols from whoever loads us.
+        "libraries": ["elf", "z"],
+        "extra_link_args": ["-Wl,--exclude-libs,ALL"],
+    }
+
+
+def system_libbpf() -> dict[str, list[str]]:
+    """set_source() arguments for the system's shared libbpf (pkg-config libbpf)."""
+    def pkg(flag: str) -> list[str]:
+        return subprocess.run(
+            ["pkg-config", flag, "libbpf"], check=True, stdout=subprocess.PIPE, text=True
+        ).stdout.split()
+
+    return {
+        "include_dirs": [f[2:] for f in pkg("--cflags-only-I")],
+        "library_dirs": [f[2:] for f in pkg("--libs-only-L")],
+        "libraries": [f[2:] for f in pkg("--libs-only-l")],
+    }
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "libbpf_batch._libbpf",
+    SOURCE,
+    py_limited_api=True,
+    **(system_libbpf() if use_system_libbpf() else vendored_libbpf()),  # type: ignore[arg-type]
+)
+
+if __name__ == "__main__":
+    build_vendored_libbpf()
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,16 @@
+"""libbpf-batch: read and drain eBPF maps batch by batch with libbpf's batch calls."""
+
+from .batch import DEFAULT_BATCH_SIZE, Batch
+from .errors import (
+    ENOTSUPP, BatchNotSupportedError, BpfError, BpfNotFoundError, BpfPermissionError,
+    NotAMapError,
+)
+from .maps import ElemFlags, Map, MapFlags, MapInfo, MapType, map_ids, possible_cpus
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE", "ENOTSUPP", "Batch", "BatchNotSupportedError", "BpfError",
+    "BpfNotFoundError", "BpfPermissionError", "ElemFlags", "Map", "MapFlags", "MapInfo",
+    "MapType", "NotAMapError", "map_ids", "possible_cpus", "__version__",
+]

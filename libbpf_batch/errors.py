@@ -1,0 +1,60 @@
+"""Exceptions: every kernel error is a BpfError (an OSError) that keeps the kernel's errno."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+ENOTSUPP = 524
+"""Kernel-internal errno that leaks to user space for a missing map op; not ENOTSUP/EOPNOTSUPP."""
+
+
+class BpfError(OSError):
+    """A libbpf call failed; ``errno`` is the kernel's and the message names the call and map.
+
+    ``count``, where set, is how many elements the call applied (update/delete batches) before
+    the failure.
+    """
+
+    count: int | None = None
+    op: str = ""
+
+
+class BpfNotFoundError(BpfError, FileNotFoundError):
+    """ENOENT: no such map, pin, id or key."""
+
+
+class BpfPermissionError(BpfError, PermissionError):
+    """EPERM or EACCES: the caller lacks CAP_BPF/CAP_SYS_ADMIN or the fd's mode forbids it."""
+
+
+class BatchNotSupportedError(BpfError):
+    """The kernel has no such operation for this map type (ENOTSUPP 524, EOPNOTSUPP)."""
+
+
+class NotAMapError(BpfError, ValueError):
+    """The file descriptor or pin is a BPF object, or a file, that is not a map (EINVAL)."""
+
+
+_CLASS_BY_ERRNO: dict[int, type[BpfError]] = {
+    errno.ENOENT: BpfNotFoundError,
+    errno.EPERM: BpfPermissionError,
+    errno.EACCES: BpfPermissionError,
+    ENOTSUPP: BatchNotSupportedError,
+    errno.EOPNOTSUPP: BatchNotSupportedError,
+}
+
+
+def strerror(err: int) -> str:
+    """os.strerror(), with a name for ENOTSUPP instead of 'Unknown error 524'."""
+    if err == ENOTSUPP:
+        return "Operation not supported for this map type (ENOTSUPP)"
+    return os.strerror(err)
+
+
+def error_from_errno(err: int, op: str, where: str = "") -> BpfError:
+    """The BpfError subclass for ``err``, with a message naming ``op`` and ``where``."""
+    subject = f"{op}: {where}" if where else op
+    e = _CLASS_BY_ERRNO.get(err, BpfError)(err, f"{subject}: {strerror(err)}")
+    e.op = op
+    return e

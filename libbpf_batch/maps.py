@@ -1,0 +1,637 @@
+"""Map, MapType, MapInfo: open, create, close, element and batch operations."""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence, Union
+
+from . import _bindings
+from ._libbpf import ffi, lib
+from .batch import (
+    DEFAULT_BATCH_SIZE, Batch, BytesLike, batch_opts, join_elements, lookup_batches,
+    returned_count,
+)
+from .errors import ENOTSUPP, BatchNotSupportedError, BpfError, NotAMapError, error_from_errno
+
+
+class MapType(enum.IntEnum):
+    """BPF map types, numbered as in the kernel's uapi (``BPF_MAP_TYPE_*``)."""
+
+    UNSPEC = lib.BPF_MAP_TYPE_UNSPEC
+    HASH = lib.BPF_MAP_TYPE_HASH
+    ARRAY = lib.BPF_MAP_TYPE_ARRAY
+    PROG_ARRAY = lib.BPF_MAP_TYPE_PROG_ARRAY
+    PERF_EVENT_ARRAY = lib.BPF_MAP_TYPE_PERF_EVENT_ARRAY
+    PERCPU_HASH = lib.BPF_MAP_TYPE_PERCPU_HASH
+    PERCPU_ARRAY = lib.BPF_MAP_TYPE_PERCPU_ARRAY
+    STACK_TRACE = lib.BPF_MAP_TYPE_STACK_TRACE
+    CGROUP_ARRAY = lib.BPF_MAP_TYPE_CGROUP_ARRAY
+    LRU_HASH = lib.BPF_MAP_TYPE_LRU_HASH
+    LRU_PERCPU_HASH = lib.BPF_MAP_TYPE_LRU_PERCPU_HASH
+    LPM_TRIE = lib.BPF_MAP_TYPE_LPM_TRIE
+    ARRAY_OF_MAPS = lib.BPF_MAP_TYPE_ARRAY_OF_MAPS
+    HASH_OF_MAPS = lib.BPF_MAP_TYPE_HASH_OF_MAPS
+    DEVMAP = lib.BPF_MAP_TYPE_DEVMAP
+    SOCKMAP = lib.BPF_MAP_TYPE_SOCKMAP
+    CPUMAP = lib.BPF_MAP_TYPE_CPUMAP
+    XSKMAP = lib.BPF_MAP_TYPE_XSKMAP
+    SOCKHASH = lib.BPF_MAP_TYPE_SOCKHASH
+    CGROUP_STORAGE = lib.BPF_MAP_TYPE_CGROUP_STORAGE
+    REUSEPORT_SOCKARRAY = lib.BPF_MAP_TYPE_REUSEPORT_SOCKARRAY
+    PERCPU_CGROUP_STORAGE = lib.BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE
+    QUEUE = lib.BPF_MAP_TYPE_QUEUE
+    STACK = lib.BPF_MAP_TYPE_STACK
+    SK_STORAGE = lib.BPF_MAP_TYPE_SK_STORAGE
+    DEVMAP_HASH = lib.BPF_MAP_TYPE_DEVMAP_HASH
+    STRUCT_OPS = lib.BPF_MAP_TYPE_STRUCT_OPS
+    RINGBUF = lib.BPF_MAP_TYPE_RINGBUF
+    INODE_STORAGE = lib.BPF_MAP_TYPE_INODE_STORAGE
+    TASK_STORAGE = lib.BPF_MAP_TYPE_TASK_STORAGE
+    BLOOM_FILTER = lib.BPF_MAP_TYPE_BLOOM_FILTER
+    USER_RINGBUF = lib.BPF_MAP_TYPE_USER_RINGBUF
+    CGRP_STORAGE = lib.BPF_MAP_TYPE_CGRP_STORAGE
+    ARENA = 33  # uapi since Linux 6.9, newer than the pinned libbpf 1.1.2 headers
+
+
+class ElemFlags(enum.IntFlag):
+    """Per-element flags (``elem_flags`` / update ``flags``)."""
+
+    ANY = lib.BPF_ANY
+    NOEXIST = lib.BPF_NOEXIST
+    EXIST = lib.BPF_EXIST
+    LOCK = lib.BPF_F_LOCK
+
+
+class MapFlags(enum.IntFlag):
+    """Map creation flags (``BPF_F_*``)."""
+
+    NO_PREALLOC = lib.BPF_F_NO_PREALLOC
+    NO_COMMON_LRU = lib.BPF_F_NO_COMMON_LRU
+    NUMA_NODE = lib.BPF_F_NUMA_NODE
+    RDONLY = lib.BPF_F_RDONLY
+    WRONLY = lib.BPF_F_WRONLY
+    STACK_BUILD_ID = lib.BPF_F_STACK_BUILD_ID
+    ZERO_SEED = lib.BPF_F_ZERO_SEED
+    RDONLY_PROG = lib.BPF_F_RDONLY_PROG
+    WRONLY_PROG = lib.BPF_F_WRONLY_PROG
+    CLONE = lib.BPF_F_CLONE
+    MMAPABLE = lib.BPF_F_MMAPABLE
+    PRESERVE_ELEMS = lib.BPF_F_PRESERVE_ELEMS
+    INNER_MAP = lib.BPF_F_INNER_MAP
+
+
+PERCPU_TYPES = frozenset({MapType.PERCPU_HASH, MapType.LRU_PERCPU_HASH, MapType.PERCPU_ARRAY,
+                          MapType.PERCPU_CGROUP_STORAGE})
+MAP_OF_MAPS_TYPES = frozenset({MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS})
+# Plain arrays have no delete at all (arraymap.c), so they can't be drained.
+UNDELETABLE_TYPES = frozenset({MapType.ARRAY, MapType.PERCPU_ARRAY})
+
+_NCPUS: int | None = None
+
+
+def possible_cpus() -> int:
+    """libbpf_num_possible_cpus(), cached: the per-CPU slot count of per-CPU map values."""
+    global _NCPUS
+    if _NCPUS is None:
+        _NCPUS = _bindings.libbpf_num_possible_cpus()
+    return _NCPUS
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """What the kernel reports for a map (``struct bpf_map_info``)."""
+
+    id: int
+    name: str
+    type: Union[MapType, int]  # an int for types newer than this library
+    key_size: int
+    value_size: int
+    max_entries: int
+    map_flags: int
+    btf_id: int = 0
+    btf_key_type_id: int = 0
+    btf_value_type_id: int = 0
+    map_extra: int = 0
+    ifindex: int = 0
+
+    @property
+    def type_name(self) -> str:
+        """The type's uapi name without BPF_MAP_TYPE_ (e.g. 'hash'), or 'type N'."""
+        return self.type.name.lower() if isinstance(self.type, MapType) else f"type {self.type}"
+
+
+def _fd_kind(fd: int) -> str:
+    """What /proc says the fd is: 'anon_inode:bpf-map' for a map."""
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def _require_map_fd(fd: int, op: str, what: str) -> None:
+    try:
+        kind = _fd_kind(fd)
+    except FileNotFoundError:
+        raise error_from_errno(errno.EBADF, op, what) from None
+    if kind != "anon_inode:bpf-map":
+        raise NotAMapError(errno.EINVAL, f"{op}: {what} is not a BPF map (it is {kind})")
+
+
+def map_info(fd: int) -> MapInfo:
+    """bpf_obj_get_info_by_fd() for a map fd, as a MapInfo."""
+    info = ffi.new("struct bpf_map_info *")
+    size = ffi.new("__u32 *", ffi.sizeof("struct bpf_map_info"))
+    _bindings.bpf_obj_get_info_by_fd(fd, info, size)
+    try:
+        map_type: MapType | int = MapType(info.type)
+    except ValueError:
+        map_type = info.type
+    return MapInfo(
+        id=info.id, name=ffi.string(info.name).decode(errors="replace"), type=map_type,
+        key_size=info.key_size, value_size=info.value_size, max_entries=info.max_entries,
+        map_flags=info.map_flags, btf_id=info.btf_id, btf_key_type_id=info.btf_key_type_id,
+        btf_value_type_id=info.btf_value_type_id, map_extra=info.map_extra,
+        ifindex=info.ifindex,
+    )
+
+
+def map_ids() -> Iterator[int]:
+    """Every map id on the host, ascending (bpf_map_get_next_id); needs CAP_SYS_ADMIN."""
+    next_id = ffi.new("__u32 *")
+    current = 0
+    while _bindings.bpf_map_get_next_id(current, next_id):
+        current = next_id[0]
+        yield current
+
+
+def _check_name(name: str | None) -> bytes:
+    if name is None:
+        return b""
+    raw = name.encode()
+    if len(raw) >= 16 or not all(c.isalnum() or c in "_." for c in name) or not name.isascii():
+        raise ValueError(f"map name {name!r}: at most 15 ASCII letters, digits, '_' or '.'")
+    return raw
+
+
+class Map:
+    """An open BPF map: one file descriptor and the attributes the kernel reported for it.
+
+    Use it as a context manager or call :meth:`close`; a map collected while open warns with
+    ResourceWarning, as files do. Keys and values are bytes-like; per-CPU maps take and return
+    values of ``value_stride`` bytes (one 8-byte-aligned slot per possible CPU).
+    """
+
+    def __init__(self, fd: int, info: MapInfo | None = None) -> None:
+        """Take ownership of ``fd`` (a map fd); most callers want a classmethod instead."""
+        self._fd = fd
+        try:
+            self.info = info if info is not None else map_info(fd)
+        except BaseException:
+            os.close(fd)
+            self._fd = -1
+            raise
+        self.ncpus = possible_cpus() if self.info.type in PERCPU_TYPES else 1
+        # bpf_map_value_size(): per-CPU values are round_up(value_size, 8) per possible CPU
+        self.value_stride = (((self.info.value_size + 7) & ~7) * self.ncpus if self.is_percpu
+                             else self.info.value_size)
+        self._where = f"map {self.info.name!r} (id {self.info.id})"
+
+    # -- constructors ------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls, map_type: MapType | int, key_size: int, value_size: int, max_entries: int,
+        name: str | None = None, flags: int = 0, inner_map: Map | int | None = None, *,
+        numa_node: int | None = None, map_extra: int = 0,
+    ) -> Map:
+        """Create a map (bpf_map_create). LPM_TRIE always gets NO_PREALLOC, which it requires.
+
+        ``inner_map`` (a Map or fd) is the template for HASH_OF_MAPS / ARRAY_OF_MAPS.
+        """
+        map_type = MapType(map_type)
+        raw_name = _check_name(name)
+        for what, v in (("key_size", key_size), ("value_size", value_size),
+                        ("max_entries", max_entries)):
+            if not isinstance(v, int) or not 0 <= v < 2**32:
+                raise ValueError(f"create: {what} must be an int in [0, 2**32), got {v!r}")
+        if map_type in MAP_OF_MAPS_TYPES and inner_map is None:
+            raise ValueError(f"create: {map_type.name} needs inner_map (a Map or map fd)")
+        if map_type == MapType.LPM_TRIE:
+            flags |= MapFlags.NO_PREALLOC
+        opts = ffi.new("struct bpf_map_create_opts *")
+        opts.sz = ffi.sizeof("struct bpf_map_create_opts")
+        opts.map_flags = flags
+        opts.map_extra = map_extra
+        if inner_map is not None:
+            opts.inner_map_fd = inner_map.fd if isinstance(inner_map, Map) else inner_map
+        if numa_node is not None:
+            opts.numa_node = numa_node
+            opts.map_flags |= MapFlags.NUMA_NODE
+        try:
+            fd = _bindings.bpf_map_create(int(map_type), raw_name, key_size, value_size,
+                                          max_entries, opts)
+        except BpfError as e:
+            raise error_from_errno(e.errno, "bpf_map_create",
+                                   f"{map_type.name} {name or ''!r}") from None
+        return cls(fd)
+
+    @classmethod
+    def from_fd(cls, fd: int) -> Map:
+        """A Map on a duplicate of ``fd``; the caller keeps (and closes) its own."""
+        if not isinstance(fd, int) or isinstance(fd, bool) or fd < 0:
+            raise TypeError(f"from_fd: fd must be a non-negative int, got {fd!r}")
+        _require_map_fd(fd, "from_fd", f"fd {fd}")
+        return cls(os.dup(fd))
+
+    @classmethod
+    def open_pinned(cls, path: str | os.PathLike[str]) -> Map:
+        """Open the map pinned at ``path`` on a bpffs (bpf_obj_get)."""
+        where = os.fspath(path)
+        try:
+            fd = _bindings.bpf_obj_get(os.fsencode(where))
+        except BpfError as e:
+            raise error_from_errno(e.errno, "bpf_obj_get", repr(where)) from None
+        try:
+            _require_map_fd(fd, "open_pinned", repr(where))
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd)
+
+    @classmethod
+    def from_id(cls, map_id: int) -> Map:
+        """Open the map with this kernel id (bpf_map_get_fd_by_id)."""
+        if not isinstance(map_id, int) or not 0 <= map_id < 2**32:
+            raise ValueError(f"from_id: map id must be an int in [0, 2**32), got {map_id!r}")
+        try:
+            fd = _bindings.bpf_map_get_fd_by_id(map_id)
+        except BpfError as e:
+            raise error_from_errno(e.errno, "bpf_map_get_fd_by_id", f"id {map_id}") from None
+        return cls(fd)
+
+    def pin(self, path: str | os.PathLike[str]) -> None:
+        """Pin the map at ``path``, which must be on a bpffs (bpf_obj_pin)."""
+        fd = self._checked_fd("bpf_obj_pin")
+        try:
+            _bindings.bpf_obj_pin(fd, os.fsencode(os.fspath(path)))
+        except BpfError as e:
+            raise self._error(e, f"path {os.fspath(path)!r}") from None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the map's fd; further operations raise ValueError. Idempotent."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    @property
+    def closed(self) -> bool:
+        """True after close()."""
+        return self._fd < 0
+
+    def __enter__(self) -> Map:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
+            self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"fd={self._fd}"
+        return (f"<Map {self.info.type_name} {self.info.name!r} id={self.info.id} {state} "
+                f"key_size={self.key_size} value_size={self.value_size} "
+                f"max_entries={self.max_entries}>")
+
+    # -- attributes --------------------------------------------------------------------
+    @property
+    def fd(self) -> int:
+        """The map's file descriptor (owned by this object)."""
+        return self._checked_fd("fd")
+
+    @property
+    def key_size(self) -> int:
+        return self.info.key_size
+
+    @property
+    def value_size(self) -> int:
+        return self.info.value_size
+
+    @property
+    def max_entries(self) -> int:
+        return self.info.max_entries
+
+    @property
+    def type(self) -> MapType | int:
+        return self.info.type
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def id(self) -> int:
+        return self.info.id
+
+    @property
+    def flags(self) -> int:
+        return self.info.map_flags
+
+    @property
+    def is_percpu(self) -> bool:
+        """True for per-CPU maps, whose values hold one slot per possible CPU."""
+        return self.info.type in PERCPU_TYPES
+
+    # -- helpers the batch module shares -----------------------------------------------
+    def _checked_fd(self, op: str) -> int:
+        if self._fd < 0:
+            raise ValueError(f"{op}: {self._where} is closed")
+        return self._fd
+
+    def _error(self, e: BpfError, detail: str = "") -> BpfError:
+        """``e`` again, with this map (and ``detail``) named in the message."""
+        where = f"{self._where}: {detail}" if detail else self._where
+        err = error_from_errno(e.errno, e.op or "bpf", where)
+        err.count = e.count
+        return err
+
+    def _check_deletable(self, op: str) -> None:
+        if self.info.type in UNDELETABLE_TYPES:
+            raise BatchNotSupportedError(
+                ENOTSUPP, f"{op}: {self._where}: {self.info.type_name} elements can't be "
+                "deleted, so it can't be drained; read it with items() or batches()")
+
+    def _batch_capacity(self, batch_size: int | None, op: str) -> int:
+        if batch_size is None:
+            return max(1, min(DEFAULT_BATCH_SIZE, self.max_entries))
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+            raise ValueError(f"{op}: {self._where}: batch_size must be a positive int, "
+                             f"got {batch_size!r}")
+        # A batch never holds more than max_entries elements; a larger buffer only wastes.
+        return max(1, min(batch_size, self.max_entries))
+
+    def _key(self, key: BytesLike, op: str) -> Any:
+        try:
+            buf = ffi.from_buffer(key)
+        except TypeError:
+            raise TypeError(f"{op}: {self._where}: key must be bytes-like, not "
+                            f"{type(key).__name__}") from None
+        if len(buf) != self.info.key_size:
+            raise ValueError(f"{op}: {self._where}: key is {len(buf)} bytes, the map's "
+                             f"key_size is {self.info.key_size}")
+        return buf
+
+    def _value(self, value: BytesLike | Map | int, op: str) -> Any:
+        if self.info.type in MAP_OF_MAPS_TYPES and isinstance(value, (Map, int)):
+            fd = value.fd if isinstance(value, Map) else value
+            return ffi.new("__u32 *", fd)
+        try:
+            buf = ffi.from_buffer(value)
+        except TypeError:
+            raise TypeError(f"{op}: {self._where}: value must be bytes-like, not "
+                            f"{type(value).__name__}") from None
+        if len(buf) != self.value_stride:
+            raise ValueError(f"{op}: {self._where}: value is {len(buf)} bytes, expected "
+                             f"{self.value_stride}" + (
+                                 f" (round_up({self.value_size}, 8) x {self.ncpus} CPUs)"
+                                 if self.is_percpu else ""))
+        return buf
+
+    # -- one key, one syscall ----------------------------------------------------------
+    def lookup(self, key: BytesLike, *, flags: int = 0) -> bytes | None:
+        """The key's value, or None when the key is missing. ``flags``: ElemFlags.LOCK."""
+        fd = self._checked_fd("bpf_map_lookup_elem")
+        k = self._key(key, "bpf_map_lookup_elem")
+        value = ffi.new("char[]", self.value_stride)
+        try:
+            if flags:
+                found = _bindings.bpf_map_lookup_elem_flags(fd, k, value, flags)
+            else:
+                found = _bindings.bpf_map_lookup_elem(fd, k, value)
+        except BpfError as e:
+            raise self._error(e) from None
+        return ffi.buffer(value)[:] if found else None
+
+    def update(self, key: BytesLike, value: BytesLike | Map | int, flags: int = 0) -> None:
+        """Set the key's value. ``flags``: ElemFlags ANY (default), NOEXIST, EXIST, LOCK.
+
+        For map-of-maps, ``value`` may be the inner Map or its fd.
+        """
+        fd = self._checked_fd("bpf_map_update_elem")
+        k = self._key(key, "bpf_map_update_elem")
+        v = self._value(value, "bpf_map_update_elem")
+        try:
+            _bindings.bpf_map_update_elem(fd, k, v, flags)
+        except BpfError as e:
+            raise self._error(e) from None
+
+    def delete(self, key: BytesLike) -> bool:
+        """Delete the key; False when it was missing."""
+        fd = self._checked_fd("bpf_map_delete_elem")
+        k = self._key(key, "bpf_map_delete_elem")
+        try:
+            return _bindings.bpf_map_delete_elem(fd, k)
+        except BpfError as e:
+            raise self._error(e) from None
+
+    def next_key(self, key: BytesLike | None = None) -> bytes | None:
+        """The key after ``key`` (None: the first key); None at the end of the map."""
+        fd = self._checked_fd("bpf_map_get_next_key")
+        k = _bindings.NULL if key is None else self._key(key, "bpf_map_get_next_key")
+        out = ffi.new("char[]", self.info.key_size)
+        try:
+            found = _bindings.bpf_map_get_next_key(fd, k, out)
+        except BpfError as e:
+            raise self._error(e) from None
+        return ffi.buffer(out)[:] if found else None
+
+    def lookup_and_delete(self, key: BytesLike) -> bytes | None:
+        """Atomically read and delete the key's value; None when the key is missing."""
+        fd = self._checked_fd("bpf_map_lookup_and_delete_elem")
+        k = self._key(key, "bpf_map_lookup_and_delete_elem")
+        value = ffi.new("char[]", self.value_stride)
+        try:
+            found = _bindings.bpf_map_lookup_and_delete_elem(fd, k, value)
+        except BpfError as e:
+            raise self._error(e) from None
+        return ffi.buffer(value)[:] if found else None
+
+    def __contains__(self, key: BytesLike) -> bool:
+        return self.lookup(key) is not None
+
+    # -- one batch, one syscall --------------------------------------------------------
+    def lookup_batch(self, count: int, cursor: bytes | None = None, *, elem_flags: int = 0,
+                     flags: int = 0) -> Batch:
+        """Up to ``count`` elements from ``cursor`` (None: the start) in one call.
+
+        A batch may be short without being the last (hash maps return whole buckets);
+        ``done`` says the walk is over. ENOSPC means the next hash bucket holds more than
+        ``count`` elements: retry from the same cursor with a larger count.
+        """
+        return self._one_batch(False, count, cursor, elem_flags, flags)
+
+    def lookup_and_delete_batch(self, count: int, cursor: bytes | None = None, *,
+                                elem_flags: int = 0, flags: int = 0) -> Batch:
+        """Like lookup_batch(), deleting what it returns (hash-family maps only).
+
+        If the kernel fails after deleting elements, the error's ``batch`` holds them.
+        """
+        return self._one_batch(True, count, cursor, elem_flags, flags)
+
+    def _one_batch(self, delete: bool, count: int, cursor: bytes | None, elem_flags: int,
+                   flags: int) -> Batch:
+        op = "bpf_map_lookup_and_delete_batch" if delete else "bpf_map_lookup_batch"
+        call = (_bindings.bpf_map_lookup_and_delete_batch if delete
+                else _bindings.bpf_map_lookup_batch)
+        fd = self._checked_fd(op)
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 < count < 2**32:
+            # count 0 would "succeed" with nothing read (hashtab.c), hiding a caller's bug
+            raise ValueError(f"{op}: {self._where}: count must be an int in [1, 2**32), "
+                             f"got {count!r}")
+        capacity = min(count, max(self.max_entries, 1))
+        cursor_size = max(4, self.key_size)  # hash maps keep a u32 bucket index
+        out = ffi.new("char[]", cursor_size)
+        in_batch = _bindings.NULL
+        if cursor is not None:
+            c = ffi.from_buffer(cursor)
+            if len(c) != cursor_size:
+                raise ValueError(f"{op}: {self._where}: cursor is {len(c)} bytes, expected "
+                                 f"{cursor_size} (pass Batch.cursor back unchanged)")
+            ffi.memmove(out, c, cursor_size)
+            in_batch = out
+        keys = ffi.new("char[]", capacity * self.key_size)
+        values = ffi.new("char[]", capacity * self.value_stride)
+        n = ffi.new("__u32 *", capacity)
+        opts = batch_opts(elem_flags, flags)
+
+        def batch(done: bool) -> Batch:
+            k = n[0]
+            return Batch(k, ffi.buffer(keys, k * self.key_size)[:],
+                         ffi.buffer(values, k * self.value_stride)[:], ffi.buffer(out)[:],
+                         done, self.key_size, self.value_size, self.value_stride, self.ncpus)
+
+        try:
+            done = call(fd, in_batch, out, keys, values, n, opts)
+        except BpfError as e:
+            err = self._error(e)
+            n[0] = returned_count(e, n[0])
+            err.batch = batch(False)  # type: ignore[attr-defined]
+            raise err from None
+        return batch(done)
+
+    def update_batch(self, keys: BytesLike | Sequence[BytesLike],
+                     values: BytesLike | Sequence[BytesLike], *, elem_flags: int = 0,
+                     flags: int = 0) -> int:
+        """Set many elements in one call; returns how many were applied (all of them).
+
+        ``keys`` is one buffer of n*key_size bytes or a sequence of keys; ``values`` likewise
+        with value_stride. Not atomic: on error, the exception's ``count`` elements were
+        applied. The kernel accepts elem_flags 0 or ElemFlags.LOCK only.
+        """
+        op = "bpf_map_update_batch"
+        fd = self._checked_fd(op)
+        try:
+            k, nk = join_elements(keys, self.key_size, "keys")
+            v, nv = join_elements(values, self.value_stride, "values")
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{op}: {self._where}: {e}") from None
+        if nk != nv:
+            raise ValueError(f"{op}: {self._where}: {nk} keys but {nv} values")
+        if nk == 0:
+            return 0
+        count = ffi.new("__u32 *", nk)
+        try:
+            _bindings.bpf_map_update_batch(fd, k, v, count, batch_opts(elem_flags, flags))
+        except BpfError as e:
+            err = self._error(e)
+            # count == nk means the kernel refused before applying anything (flag checks)
+            err.count = count[0] if count[0] < nk else 0
+            raise err from None
+        return nk
+
+    def delete_batch(self, keys: BytesLike | Sequence[BytesLike], *, elem_flags: int = 0,
+                     flags: int = 0) -> int:
+        """Delete many keys; returns how many were deleted. Missing keys are skipped.
+
+        The kernel stops at the first missing key (ENOENT); this goes on after it, so one
+        call per missing key is made.
+        """
+        op = "bpf_map_delete_batch"
+        fd = self._checked_fd(op)
+        try:
+            k, n = join_elements(keys, self.key_size, "keys")
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{op}: {self._where}: {e}") from None
+        opts = batch_opts(elem_flags, flags)
+        count = ffi.new("__u32 *")
+        deleted = offset = 0
+        while offset < n:
+            remaining = n - offset
+            count[0] = remaining
+            try:
+                _bindings.bpf_map_delete_batch(fd, k + offset * self.key_size, count, opts)
+            except BpfError as e:
+                done = count[0] if count[0] < remaining else 0
+                if e.errno == errno.ENOENT and count[0] < remaining:
+                    deleted += done
+                    offset += done + 1  # skip the missing key
+                    continue
+                err = self._error(e)
+                err.count = deleted + done
+                raise err from None
+            deleted += remaining
+            break
+        return deleted
+
+    # -- whole map, batch by batch -----------------------------------------------------
+    def batches(self, batch_size: int | None = None, *, elem_flags: int = 0, flags: int = 0,
+                copy: bool = True) -> Iterator[Batch]:
+        """Yield the map's elements batch by batch (lookup only).
+
+        Batches may be short without being the last; the walk ends after the batch with
+        ``done``. Under concurrent updates a hash map walk never returns a key twice, but
+        keys added to buckets already visited are missed. ``copy=False`` yields batches whose
+        buffers the next step reuses.
+        """
+        return lookup_batches(self, delete=False, batch_size=batch_size,
+                              elem_flags=elem_flags, flags=flags, copy=copy)
+
+    def drain(self, batch_size: int | None = None, *, elem_flags: int = 0, flags: int = 0,
+              copy: bool = True) -> Iterator[Batch]:
+        """Yield the map's elements batch by batch, deleting each batch as it is read.
+
+        Every element is delivered exactly once; inserts made meanwhile into buckets already
+        drained stay in the map. Stopping early leaves the rest in the map.
+        """
+        return lookup_batches(self, delete=True, batch_size=batch_size,
+                              elem_flags=elem_flags, flags=flags, copy=copy)
+
+    def items(self, batch_size: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Every ``(key, value)``, read in batches."""
+        for batch in self.batches(batch_size, copy=False):
+            yield from batch
+
+    def keys(self, batch_size: int | None = None) -> Iterator[bytes]:
+        """Every key, read in batches."""
+        for batch in self.batches(batch_size, copy=False):
+            yield from batch.key_list()
+
+    def values(self, batch_size: int | None = None) -> Iterator[bytes]:
+        """Every value, read in batches."""
+        for batch in self.batches(batch_size, copy=False):
+            yield from batch.value_list()
+
+    def drain_items(self, batch_size: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Every ``(key, value)``, deleting as it reads (see drain())."""
+        for batch in self.drain(batch_size, copy=False):
+            yield from batch
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.keys()
+
+    def clear(self) -> int:
+        """Delete every element; returns how many were deleted."""
+        return sum(batch.count for batch in self.drain(copy=False))
