@@ -6,6 +6,8 @@ from .errors import (
     NotAMapError,
 )
 from .maps import ElemFlags, Map, MapFlags, MapInfo, MapType, map_ids, possible_cpus
+from .btf import Btf, BtfError, MapDecoder
+from .objects import BpfObject, Link
 
 __version__ = "0.1.0"
 
@@ -13,4 +15,5 @@ __all__ = [
     "DEFAULT_BATCH_SIZE", "ENOTSUPP", "Batch", "BatchNotSupportedError", "BpfError",
     "BpfNotFoundError", "BpfPermissionError", "ElemFlags", "Map", "MapFlags", "MapInfo",
     "MapType", "NotAMapError", "map_ids", "possible_cpus", "__version__",
+    "BpfObject", "Btf", "BtfError", "Link", "MapDecoder",
 ]
