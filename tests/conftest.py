@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Callable, Iterator
+from collections.abc import Iterator
+from typing import Callable
 
 import pytest
 
@@ -94,3 +95,89 @@ def fill(m: Map, n: int, value: Callable[[int], bytes] | None = None) -> dict[by
     if expected:
         m.update_batch(list(expected), list(expected.values()))
     return expected
+
+
+# -- every map type the core covers, filled with distinct keys and values --------------------
+COVERED_TYPES = HASH_TYPES + [MapType.ARRAY, MapType.PERCPU_ARRAY, MapType.LPM_TRIE,
+                              MapType.HASH_OF_MAPS, MapType.ARRAY_OF_MAPS]
+ARRAY_TYPES = [MapType.ARRAY, MapType.PERCPU_ARRAY]
+MAP_OF_MAPS_TYPES = [MapType.HASH_OF_MAPS, MapType.ARRAY_OF_MAPS]
+
+
+def type_id(map_type: MapType) -> str:
+    """Readable pytest id for a map type: 'lru_percpu_hash'."""
+    return map_type.name.lower()
+
+
+def lpm_key(i: int, prefix: int = 32) -> bytes:
+    """An 8-byte LPM_TRIE key: prefix length, then the IPv4 address 10.0.0.0 + i."""
+    return struct.pack("<I", prefix) + (0x0A000000 + i).to_bytes(4, "big")
+
+
+def lru_room(map_type: MapType, n: int) -> int:
+    """max_entries for a map of ``map_type`` to hold ``n`` elements without LRU eviction.
+
+    bpf_lru_list.c: each CPU's local free list takes up to 128 (LOCAL_FREE_TARGET) nodes at a
+    time, and a refill that finds fewer free in the global list evicts, even in a map far
+    from full when a thread moved between CPUs. 0 for other types.
+    """
+    if map_type not in (MapType.LRU_HASH, MapType.LRU_PERCPU_HASH):
+        return 0
+    from libbpf_batch import possible_cpus
+    return n + 128 * (possible_cpus() + 1)
+
+
+def contents(m: Map) -> dict[bytes, bytes]:
+    """Every element, read per key with next_key/lookup (independent of the batch calls).
+
+    ARRAY_OF_MAPS slots that hold no map are keys without a value: left out.
+    """
+    found = {}
+    key = m.next_key()
+    while key is not None:
+        value = m.lookup(key)
+        if value is not None:
+            found[key] = value
+        key = m.next_key(key)
+    return found
+
+
+def element_key(map_type: MapType, i: int) -> bytes:
+    """Key number ``i`` for maps made by ``make_filled``."""
+    return lpm_key(i) if map_type == MapType.LPM_TRIE else u32(i)
+
+
+def element_value(m: Map, i: int) -> bytes:
+    """Value number ``i`` for an 8-byte-value map: distinct per element and per CPU slot."""
+    return b"".join(u64(((i + 1) << 8) | cpu) for cpu in range(m.ncpus))
+
+
+@pytest.fixture
+def make_filled(make_map: Callable[..., Map]) -> Callable[..., tuple[Map, dict[bytes, bytes]]]:
+    """make_filled(map_type, n) -> (map, {key: value as lookups return it}) with n elements.
+
+    Arrays (and ARRAY_OF_MAPS) get max_entries = n so every slot is an element; hash maps get
+    room to spare (an LRU map near full evicts). Map-of-maps hold n inner HASH maps, written
+    by fd, read back as their ids.
+    """
+    def make(map_type: MapType, n: int, max_entries: int | None = None) -> tuple[Map,
+                                                                            dict[bytes, bytes]]:
+        if max_entries is None:
+            fixed = map_type in ARRAY_TYPES or map_type == MapType.ARRAY_OF_MAPS
+            max_entries = n if fixed else max(4 * n, 64, lru_room(map_type, n))
+        key_size = 8 if map_type == MapType.LPM_TRIE else 4
+        keys = [element_key(map_type, i) for i in range(n)]
+        if map_type in MAP_OF_MAPS_TYPES:
+            inner = [make_map(MapType.HASH, 4, 4, 1) for _ in range(max(n, 1))]
+            m = make_map(map_type, key_size, 4, max_entries, inner_map=inner[0])
+            written = [u32(inner[i].fd) for i in range(n)]
+            expected = {k: u32(inner[i].id) for i, k in enumerate(keys)}
+        else:
+            m = make_map(map_type, key_size, 8, max_entries)
+            written = [element_value(m, i) for i in range(n)]
+            expected = dict(zip(keys, written))
+        if n:
+            assert m.update_batch(keys, written) == n
+        return m, expected
+
+    return make

@@ -1,0 +1,140 @@
+"""The built extension (abi3, libbpf linked in statically and hidden) and build_ffi.py's helpers."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import libbpf_batch
+from libbpf_batch import _bindings, _libbpf
+
+ROOT = Path(__file__).resolve().parent.parent
+SO = Path(_libbpf.__file__)
+USE_SYSTEM = os.environ.get("LIBBPF_BATCH_USE_SYSTEM") == "1"
+vendored_only = pytest.mark.skipif(
+    USE_SYSTEM, reason="LIBBPF_BATCH_USE_SYSTEM=1: the extension links the system's libbpf"
+)
+# Names libbpf exports from its own shared library (bpf.h, libbpf.h, btf.h).
+LIBBPF_SYMBOL = re.compile(r"^(bpf_|libbpf_|btf__|btf_|bpf_object__|bpf_map__|bpf_program__)")
+
+
+@pytest.fixture(scope="module")
+def build_ffi() -> ModuleType:
+    """build_ffi.py, imported from the checkout (declarative: nothing is compiled)."""
+    path = ROOT / "build_ffi.py"
+    if not path.is_file():
+        pytest.skip("build_ffi.py is not next to the tests (installed package)")
+    spec = importlib.util.spec_from_file_location("build_ffi_under_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+# -- the extension -----------------------------------------------------------------------------
+def test_extension_imports_and_exports_ffi_and_lib() -> None:
+    assert _libbpf.ffi.sizeof("struct bpf_map_batch_opts") == 24
+    assert callable(_libbpf.lib.bpf_map_lookup_batch)
+
+
+def test_extension_is_an_abi3_shared_object() -> None:
+    assert SO.name == "_libbpf.abi3.so"
+    assert SO.parent == Path(libbpf_batch.__file__).parent
+
+
+def test_lib_has_libbpf_version_string() -> None:
+    assert hasattr(_libbpf.lib, "libbpf_version_string")
+
+
+@vendored_only
+def test_libbpf_version_matches_the_pin_major_minor() -> None:
+    pinned = (ROOT / "vendor" / "libbpf" / "VERSION").read_text().strip()  # "1.1.2"
+    reported = _bindings.libbpf_version_string()  # libbpf says "v1.1"
+    m = re.fullmatch(r"v(\d+)\.(\d+)", reported)
+    assert m is not None, reported
+    assert m.groups() == tuple(pinned.split(".")[:2])
+
+
+def test_ldd_shows_libbpf_only_when_linking_the_system_one() -> None:
+    out = subprocess.run([_tool("ldd"), str(SO)], check=True, capture_output=True,
+                         text=True).stdout
+    assert "libc.so" in out  # ldd really listed the dependencies
+    # "libbpf.so", not "libbpf": an auditwheel-repaired wheel keeps libelf in libbpf_batch.libs/
+    assert ("libbpf.so" in out) == USE_SYSTEM, out
+
+
+@vendored_only
+def test_no_libbpf_symbol_is_exported_nm() -> None:
+    out = subprocess.run([_tool("nm"), "-D", "--defined-only", str(SO)], check=True,
+                         capture_output=True, text=True).stdout
+    names = [line.split()[-1] for line in out.splitlines() if line.strip()]
+    assert "PyInit__libbpf" in names
+    assert [n for n in names if LIBBPF_SYMBOL.match(n)] == []
+
+
+@vendored_only
+@pytest.mark.parametrize("symbol", ["bpf_map_lookup_batch", "bpf_map_create",
+                                    "libbpf_version_string", "btf__free"])
+def test_no_libbpf_symbol_is_visible_to_dlsym(symbol: str) -> None:
+    so = ctypes.CDLL(str(SO))
+    assert hasattr(so, "PyInit__libbpf")  # dlsym does see what is exported
+    assert not hasattr(so, symbol)
+
+
+# -- build_ffi.py's pure helpers -------------------------------------------------------------
+def test_read_pin_reads_the_vendored_pin(build_ffi: ModuleType) -> None:
+    version, sha, name = build_ffi.read_pin()
+    assert version == (ROOT / "vendor" / "libbpf" / "VERSION").read_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", sha)
+    assert name == f"libbpf_{version}.orig.tar.gz"
+
+
+def test_read_pin_reads_a_given_directory(build_ffi: ModuleType, tmp_path: Path) -> None:
+    (tmp_path / "VERSION").write_text("9.8.7\n")
+    (tmp_path / "SHA256").write_text(f"{'ab' * 32}  libbpf_9.8.7.orig.tar.gz\n")
+    assert build_ffi.read_pin(tmp_path) == ("9.8.7", "ab" * 32, "libbpf_9.8.7.orig.tar.gz")
+
+
+def test_check_tarball_accepts_the_right_sha(build_ffi: ModuleType, tmp_path: Path) -> None:
+    tarball = tmp_path / "libbpf.tar.gz"
+    tarball.write_bytes(b"not really a tarball\n")
+    build_ffi.check_tarball(tarball, hashlib.sha256(b"not really a tarball\n").hexdigest())
+
+
+def test_check_tarball_raises_on_a_wrong_sha(build_ffi: ModuleType, tmp_path: Path) -> None:
+    tarball = tmp_path / "libbpf.tar.gz"
+    tarball.write_bytes(b"tampered\n")
+    got = hashlib.sha256(b"tampered\n").hexdigest()
+    with pytest.raises(RuntimeError, match="sha256 mismatch") as info:
+        build_ffi.check_tarball(tarball, "0" * 64)
+    assert got in str(info.value)
+    assert "0" * 64 in str(info.value)
+
+
+@pytest.mark.parametrize(("environ", "expected"), [
+    ({"LIBBPF_BATCH_USE_SYSTEM": "1"}, True),
+    ({"LIBBPF_BATCH_USE_SYSTEM": "0"}, False),
+    ({"LIBBPF_BATCH_USE_SYSTEM": ""}, False),
+    ({}, False),
+    ({"OTHER": "1"}, False),
+], ids=["set-1", "set-0", "empty", "unset", "other-variable"])
+def test_use_system_libbpf_reads_the_given_environ(build_ffi: ModuleType,
+                                                   environ: dict[str, str],
+                                                   expected: bool) -> None:
+    assert build_ffi.use_system_libbpf(environ) is expected
