@@ -395,7 +395,6 @@ def per_key_batches(m: Map, *, delete: bool, batch_size: int, copy: bool = True
     try:
         more = _bindings.bpf_map_get_next_key(fd, _bindings.NULL, key)
         while more:
-            fd = m._checked_fd("bpf_map_get_next_key")  # closed between batches: stop
             more = _bindings.bpf_map_get_next_key(fd, key, nxt)
             found = _bindings.bpf_map_lookup_elem(fd, key, value)
             if found and delete:
@@ -406,6 +405,7 @@ def per_key_batches(m: Map, *, delete: bool, batch_size: int, copy: bool = True
             key, nxt = nxt, key
             if len(keys) >= batch_size or (keys and not more):
                 yield flush(not more)
+                fd = m._checked_fd("bpf_map_get_next_key")  # closed between batches: stop
     except BpfError as e:
         if keys:
             yield flush(False)
