@@ -37,6 +37,16 @@ def _bpf_unavailable() -> str | None:
 
 _UNAVAILABLE: list[str | None] = []
 
+# Fixtures that need this checkout (build_ffi.py, bench/c_drain.c), not just the package:
+# `make wheel-test` runs the suite against an installed wheel with `-m "not source_tree"`.
+SOURCE_TREE_FIXTURES = {"build_ffi", "c_binary"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SOURCE_TREE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.source_tree)
+
 
 @pytest.fixture
 def bpf() -> None:

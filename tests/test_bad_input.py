@@ -509,7 +509,7 @@ print(json.dumps(out))
 def test_without_cap_bpf_and_cap_sys_admin_opening_is_refused(world: World) -> None:
     capsh = shutil.which("capsh")
     if capsh is None:
-        pytest.skip("capsh not found: install libcap2-bin (`make deps`)")
+        skip_or_fail("capsh not found: install libcap2-bin (`make deps`)")
     pin = world.bpffs / "victim"
     before, mode = world.snapshot(), pin.stat().st_mode
     os.chmod(pin, 0)  # without CAP_DAC_OVERRIDE, not even root may open it

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import skip_or_fail
 
 from libbpf_batch import Map, MapType, bench
 
@@ -23,7 +24,7 @@ TINY = ["--entries", "1500", "--reps", "2", "--batch-size", "256", "--sweep", "6
 def c_binary() -> Path:
     path, why = bench.c_program()
     if path is None:
-        pytest.skip(why)
+        skip_or_fail(why)
     return path
 
 

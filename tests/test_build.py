@@ -13,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from conftest import skip_or_fail
 
 import libbpf_batch
 from libbpf_batch import _bindings, _libbpf
@@ -32,7 +33,7 @@ def build_ffi() -> ModuleType:
     """build_ffi.py, imported from the checkout (declarative: nothing is compiled)."""
     path = ROOT / "build_ffi.py"
     if not path.is_file():
-        pytest.skip("build_ffi.py is not next to the tests (installed package)")
+        skip_or_fail("build_ffi.py is not next to the tests (run from a checkout)")
     spec = importlib.util.spec_from_file_location("build_ffi_under_test", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
