@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import skip_or_fail, u32, u64
+from conftest import contents, skip_or_fail, u32, u64
 
 import libbpf_batch
 from libbpf_batch import (
@@ -49,7 +49,7 @@ BPF_PROG_TYPE_SOCKET_FILTER = 1
 def load_socket_filter() -> int:
     """A trivial socket filter (r0 = 0; exit) loaded with bpf(BPF_PROG_LOAD); its fd."""
     if SYS_BPF is None:
-        pytest.skip(f"no bpf(2) syscall number known for {os.uname().machine}")
+        skip_or_fail(f"no bpf(2) syscall number known for {os.uname().machine}")
     libc = ctypes.CDLL(None, use_errno=True)
     insns = ctypes.create_string_buffer(
         struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0), 16)
@@ -66,18 +66,6 @@ def load_socket_filter() -> int:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def contents(m: Map) -> dict[bytes, bytes]:
-    """The map's elements read per key (get_next_key + lookup), apart from the batch code."""
-    found = {}
-    key = m.next_key()
-    while key is not None:
-        value = m.lookup(key)
-        assert value is not None
-        found[key] = value
-        key = m.next_key(key)
-    return found
 
 
 @dataclass

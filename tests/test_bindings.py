@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import u32, u64
+from conftest import contents, u32, u64
 
 from libbpf_batch import (
     BatchNotSupportedError,
@@ -49,18 +49,6 @@ def hash3(make_map: MakeMap) -> Map:
     for k in (1, 2, 3):
         m.update(u32(k), u64(10 * k))
     return m
-
-
-def contents(m: Map) -> dict[bytes, bytes]:
-    """The map's elements, read per key (independent of the batch calls under test)."""
-    found = {}
-    key = m.next_key()
-    while key is not None:
-        value = m.lookup(key)
-        assert value is not None
-        found[key] = value
-        key = m.next_key(key)
-    return found
 
 
 # -- errors keep the kernel's errno --------------------------------------------------------

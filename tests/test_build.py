@@ -44,7 +44,7 @@ def build_ffi() -> ModuleType:
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} is not installed")
+        skip_or_fail(f"{name} is not installed")
     return path
 
 

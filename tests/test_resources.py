@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import fill
+from conftest import fill, skip_or_fail
 
 import libbpf_batch
 from libbpf_batch import Map, MapType, _libbpf
@@ -41,7 +41,7 @@ def c_heap_in_use() -> int:
     """Bytes malloc has handed out and not had back (heap chunks plus mmapped blocks)."""
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     if not hasattr(libc, "mallinfo2"):
-        pytest.skip("this libc has no mallinfo2()")
+        skip_or_fail("this libc has no mallinfo2()")
     libc.mallinfo2.restype = _Mallinfo2
     info = libc.mallinfo2()
     return int(info.uordblks + info.hblkhd)
@@ -152,7 +152,7 @@ def test_version_is_the_distribution_version() -> None:
     try:
         installed = importlib.metadata.version("libbpf-batch")
     except importlib.metadata.PackageNotFoundError:
-        pytest.skip("libbpf-batch is not installed (no metadata to compare)")
+        skip_or_fail("libbpf-batch is not installed (no metadata to compare)")
     assert libbpf_batch.__version__ == installed
     assert re.fullmatch(r"\d+\.\d+\.\d+([a-z0-9.+-]*)", installed)
 
@@ -160,7 +160,7 @@ def test_version_is_the_distribution_version() -> None:
 def test_changelog_names_the_vendored_libbpf_and_its_sha256() -> None:
     changelog, pin = ROOT / "CHANGELOG.md", ROOT / "vendor" / "libbpf"
     if not changelog.is_file() or not (pin / "SHA256").is_file():
-        pytest.skip("not a source tree")
+        skip_or_fail("not a source tree")
     first = changelog.read_text().splitlines()[0]
     sha, _ = (pin / "SHA256").read_text().split()
     assert f"libbpf {(pin / 'VERSION').read_text().strip()}" in first
