@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 # the permission tests (capsh).
 APT_PACKAGES := make gcc libelf-dev zlib1g-dev pkg-config clang llvm libcap2-bin
 
-.PHONY: all deps venv build test demo bench wheel wheel-test sdist sdist-test lint typecheck \
+.PHONY: all deps venv build test demo bench wheel wheel-test sdist sdist-test system-test lint typecheck \
 	clean distclean
 
 all: build
@@ -55,6 +55,9 @@ sdist: build  ## the source tarball, carrying the pinned libbpf tarball: builds 
 
 sdist-test: sdist  ## build a wheel from the unpacked sdist with apt-get and fetch.sh unusable
 	.ci/sdist-test
+
+system-test: deps  ## build against Debian's libbpf-dev instead of the pin; core tests on it
+	.ci/system-test
 
 lint: venv
 	$(VENV)/bin/ruff check libbpf_batch tests build_ffi.py setup.py examples bench

@@ -11,43 +11,28 @@ import argparse
 import itertools
 import json
 import os
-import signal
 import struct
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import IO, Any
+from typing import Any
 
+from ._output import (
+    FORMATS,
+    PROG,
+    CliError,
+    EntryFormatter,
+    Progress,
+    UsageError,
+    Writer,
+    numeric_fields,
+)
+from ._watch import build_rows, read_numbers, sort_rows, write_json, write_view
 from .errors import BpfError
 from .maps import UNDELETABLE_TYPES, Map, MapInfo, map_ids
 
-PROG = "libbpf-batch"
 SPEC_KINDS = ("id", "pinned", "name")
-FORMATS = ("table", "json", "csv", "jsonl")
 DEFAULT_LISTEN = "127.0.0.1:9435"
-
-
-class CliError(Exception):
-    """An expected failure: printed as one line, exit status 1."""
-
-    status = 1
-
-
-class UsageError(CliError):
-    """A bad argument found after parsing (it needed the map): exit status 2."""
-
-    status = 2
-
-
-class _Missing:
-    """No decoding for this part (no BTF type and no struct format)."""
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-
-MISSING: Any = _Missing()
 
 
 # -- map specifiers -----------------------------------------------------------------------
@@ -94,249 +79,14 @@ def _all_maps() -> Iterator[MapInfo]:
             continue
 
 
-# -- progress -----------------------------------------------------------------------------
-class Progress:
-    """'read N entries' on stderr, only when it is a terminal and not --quiet."""
-
-    def __init__(self, verb: str, quiet: bool, stream: IO[str] | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.enabled = not quiet and self.stream.isatty()
-        self.verb = verb
-        self.count = 0
-        self._last = 0.0
-
-    def add(self, n: int) -> None:
-        self.count += n
-        if self.enabled and time.monotonic() - self._last > 0.2:
-            self._last = time.monotonic()
-            self.stream.write(f"\r{PROG}: {self.verb} {self.count:,} entries")
-            self.stream.flush()
-
-    def done(self) -> None:
-        if self.enabled and self._last:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-
-
-# -- decoding entries ---------------------------------------------------------------------
-def _plain(v: Any) -> Any:
-    """A struct-module value made JSON-friendly: bytes as C strings, tuples as lists."""
-    if isinstance(v, bytes):
-        end = v.find(b"\0")
-        return v[: end if end >= 0 else None].decode("utf-8", errors="backslashreplace")
-    if isinstance(v, (tuple, list)):
-        return [_plain(x) for x in v]
-    return v
-
-
-def hex_list(data: bytes) -> list[str]:
-    """bpftool's JSON spelling of bytes: ["0x01", "0x00", ...]."""
-    return [f"0x{b:02x}" for b in data]
-
-
-def numeric_fields(v: Any, prefix: str = "") -> dict[str, int | float]:
-    """The numbers in a decoded value, by dotted path ('value' for a bare number)."""
-    if isinstance(v, bool):
-        return {prefix or "value": int(v)}
-    if isinstance(v, (int, float)):
-        return {prefix or "value": v}
-    out: dict[str, int | float] = {}
-    if isinstance(v, dict):
-        for k, sub in v.items():
-            out.update(numeric_fields(sub, f"{prefix}.{k}" if prefix else str(k)))
-    elif isinstance(v, (list, tuple)):
-        for i, sub in enumerate(v):
-            out.update(numeric_fields(sub, f"{prefix}.{i}" if prefix else str(i)))
-    return out  # strings (char arrays, enum names) are not numbers
-
-
-class EntryFormatter:
-    """Turns one map's raw entries into bpftool-shaped dicts, decoded values and numbers.
-
-    Struct formats (``--key-format``/``--value-format``) win over BTF; without either a part
-    decodes to MISSING and only its hex is shown.
-    """
-
-    def __init__(self, m: Map, key_format: str | None = None,
-                 value_format: str | None = None, btf: bool = True) -> None:
-        self.map = m
-        self.key_size, self.value_size = m.key_size, m.value_size
-        self.percpu, self.ncpus = m.is_percpu, m.ncpus
-        self.slot = (m.value_size + 7) & ~7 if m.is_percpu else m.value_size
-        self.key_struct = self._struct(key_format, m.key_size, "--key-format", "key")
-        self.value_struct = self._struct(value_format, m.value_size, "--value-format", "value")
-        self.decoder: Any = None
-        if btf and m.info.btf_id and not (self.key_struct and self.value_struct):
-            try:
-                self.decoder = m.decoder()
-            except (BpfError, ValueError) as e:  # no permission for the BTF, or odd BTF
-                print(f"{PROG}: warning: map {m.name!r} (id {m.id}): BTF not decoded: {e}",
-                      file=sys.stderr)
-
-    @staticmethod
-    def _struct(fmt: str | None, size: int, option: str, what: str) -> struct.Struct | None:
-        if fmt is None:
-            return None
-        s = struct.Struct(fmt)
-        if s.size > size:
-            raise UsageError(f"{option} {fmt!r} needs {s.size} bytes, the map's {what}s "
-                             f"have {size}")
-        return s
-
-    def _unpack(self, s: struct.Struct, data: bytes) -> Any:
-        fields = s.unpack_from(data)
-        return _plain(fields[0] if len(fields) == 1 else fields)
-
-    def slots(self, value: bytes) -> list[bytes]:
-        """Per-CPU: each CPU's value_size bytes; otherwise [value]."""
-        if not self.percpu:
-            return [value]
-        return [value[i * self.slot: i * self.slot + self.value_size]
-                for i in range(self.ncpus)]
-
-    def key(self, key: bytes) -> Any:
-        if self.key_struct is not None:
-            return self._unpack(self.key_struct, key)
-        if self.decoder is not None and self.decoder.has_key_type:
-            return self.decoder.decode_key(key)
-        return MISSING
-
-    def value(self, value: bytes) -> Any:
-        """The decoded value (per-CPU: a list, one per CPU), or MISSING."""
-        if self.value_struct is not None:
-            decoded = [self._unpack(self.value_struct, s) for s in self.slots(value)]
-            return decoded if self.percpu else decoded[0]
-        if self.decoder is not None and self.decoder.has_value_type:
-            return self.decoder.decode_value(value)
-        return MISSING
-
-    def entry(self, key: bytes, value: bytes) -> dict[str, Any]:
-        """One element as ``bpftool -j map dump`` spells it, with ``formatted`` if decoded."""
-        out: dict[str, Any] = {"key": hex_list(key)}
-        if self.percpu:
-            out["values"] = [{"cpu": i, "value": hex_list(s)}
-                             for i, s in enumerate(self.slots(value))]
-        else:
-            out["value"] = hex_list(value)
-        k, v = self.key(key), self.value(value)
-        formatted: dict[str, Any] = {}
-        if k is not MISSING:
-            formatted["key"] = k
-        if v is not MISSING:
-            if self.percpu:
-                formatted["values"] = [{"cpu": i, "value": x} for i, x in enumerate(v)]
-            else:
-                formatted["value"] = v
-        if formatted:
-            out["formatted"] = formatted
-        return out
-
-    def numbers(self, value: bytes) -> dict[str, int | float]:
-        """The value's numeric fields (per-CPU: summed over CPUs); raw ints as a fallback."""
-        decoded = self.value(value)
-        if decoded is MISSING:
-            if self.value_size not in (1, 2, 4, 8):
-                return {}
-            return {"value": sum(int.from_bytes(s, "little") for s in self.slots(value))}
-        if not self.percpu:
-            return numeric_fields(decoded)
-        total: dict[str, int | float] = {}
-        for cpu_value in decoded:
-            for name, n in numeric_fields(cpu_value).items():
-                total[name] = total.get(name, 0) + n
-        return total
-
-    def key_text(self, key: bytes) -> str:
-        k = self.key(key)
-        return key.hex(" ") if k is MISSING else _compact(k)
-
-
-def _compact(v: Any) -> str:
-    if isinstance(v, str):
-        return v
-    return json.dumps(v, separators=(",", ":"), ensure_ascii=False)
-
-
-# -- output writers -----------------------------------------------------------------------
-class Writer:
-    """Streams entries to ``out`` in one of FORMATS; nothing is held in memory."""
-
-    def __init__(self, fmt: str, f: EntryFormatter, out: IO[str]) -> None:
-        self.fmt, self.f, self.out = fmt, f, out
-        self.count = 0
-        self._csv: Any = None
-
-    def start(self) -> None:
-        if self.fmt == "json":
-            self.out.write("[")
-        elif self.fmt == "csv":
-            import csv
-
-            self._csv = csv.writer(self.out, lineterminator="\n")
-            header = ["key", "cpu", "value"] if self.f.percpu else ["key", "value"]
-            has_key = self.f.key_struct is not None or (
-                self.f.decoder is not None and self.f.decoder.has_key_type)
-            has_value = self.f.value_struct is not None or (
-                self.f.decoder is not None and self.f.decoder.has_value_type)
-            self._decoded = (has_key, has_value)
-            header += ["key_decoded"] * has_key + ["value_decoded"] * has_value
-            self._csv.writerow(header)
-
-    def write(self, key: bytes, value: bytes) -> None:
-        fmt = self.fmt
-        if fmt in ("json", "jsonl"):
-            text = json.dumps(self.f.entry(key, value), separators=(",", ":"),
-                              ensure_ascii=False)
-            if fmt == "json":
-                self.out.write(("\n" if self.count == 0 else ",\n") + text)
-            else:
-                self.out.write(text + "\n")
-        elif fmt == "csv":
-            self._write_csv(key, value)
-        else:
-            self._write_table(key, value)
-        self.count += 1
-
-    def _write_csv(self, key: bytes, value: bytes) -> None:
-        has_key, has_value = self._decoded
-        k = [_compact(self.f.key(key))] if has_key else []
-        if not self.f.percpu:
-            v = [_compact(self.f.value(value))] if has_value else []
-            self._csv.writerow([key.hex(), value.hex()] + k + v)
-            return
-        decoded = self.f.value(value) if has_value else None
-        for cpu, s in enumerate(self.f.slots(value)):
-            v = [_compact(decoded[cpu])] if decoded is not None else []
-            self._csv.writerow([key.hex(), cpu, s.hex()] + k + v)
-
-    def _write_table(self, key: bytes, value: bytes) -> None:
-        k = self.f.key(key)
-        key_text = key.hex(" ") if k is MISSING else _compact(k)
-        v = self.f.value(value)
-        if v is not MISSING:
-            if self.f.percpu:
-                value_text = "  ".join(f"cpu{i}: {_compact(x)}" for i, x in enumerate(v))
-            else:
-                value_text = _compact(v)
-        elif self.f.percpu:
-            value_text = "  ".join(f"cpu{i}: {s.hex(' ')}"
-                                   for i, s in enumerate(self.f.slots(value)))
-        else:
-            value_text = value.hex(" ")
-        self.out.write(f"key: {key_text}  value: {value_text}\n")
-
-    def finish(self) -> None:
-        if self.fmt == "json":
-            self.out.write("\n]\n" if self.count else "]\n")
-        elif self.fmt == "table":
-            self.out.write(f"Found {self.count} element{'s' * (self.count != 1)}\n")
-        self.out.flush()
-
-
 # -- subcommands --------------------------------------------------------------------------
 def _map_from_args(args: argparse.Namespace) -> Map:
     kind, value = parse_spec(args.map_kind, args.map_value)
     return open_map(kind, value)
+
+
+def _formatter(m: Map, args: argparse.Namespace) -> EntryFormatter:
+    return EntryFormatter(m, args.key_format, args.value_format, btf=not args.no_btf)
 
 
 def _flags_text(flags: int) -> str:
@@ -435,7 +185,7 @@ def _dump(args: argparse.Namespace, drain: bool) -> int:
         if drain and m.type in UNDELETABLE_TYPES:
             raise CliError(f"drain: map {m.name!r} (id {m.id}) is a {m.info.type_name}: its "
                            "elements can't be deleted; use dump")
-        f = EntryFormatter(m, args.key_format, args.value_format, btf=not args.no_btf)
+        f = _formatter(m, args)
         writer = Writer(args.format, f, sys.stdout)
         progress = Progress("drained" if drain else "read", args.quiet)
         batches = (m.drain(args.batch_size, copy=False) if drain
@@ -462,54 +212,6 @@ def cmd_drain(args: argparse.Namespace) -> int:
     return _dump(args, drain=True)
 
 
-def _read_numbers(m: Map, f: EntryFormatter, drain: bool,
-                  batch_size: int | None) -> dict[bytes, dict[str, int | float]]:
-    batches = m.drain(batch_size, copy=False) if drain else m.batches(batch_size, copy=False)
-    return {bytes(k): f.numbers(v) for batch in batches for k, v in batch}
-
-
-def _watch_rows(cur: dict[bytes, dict[str, int | float]],
-                prev: dict[bytes, dict[str, int | float]] | None, dt: float | None,
-                drain: bool) -> list[dict[str, Any]]:
-    rows = []
-    for key, fields in cur.items():
-        rates: dict[str, float | None] = {}
-        for name, n in fields.items():
-            if dt is None or dt <= 0:
-                rates[name] = None
-            elif drain:  # a drained value is what accumulated since the previous drain
-                rates[name] = n / dt
-            elif prev is not None and name in prev.get(key, {}):
-                rates[name] = (n - prev[key][name]) / dt
-            else:
-                rates[name] = None
-        rows.append({"key": key, "fields": fields, "rates": rates})
-    return rows
-
-
-def _sort_rows(rows: list[dict[str, Any]], sort: str, field: str | None) -> None:
-    if sort == "key":
-        rows.sort(key=lambda r: r["key"])
-        return
-    part = "fields" if sort == "value" else "rates"
-
-    def rank(r: dict[str, Any]) -> tuple[int, float]:
-        values = r[part]
-        name = field if field is not None else next(iter(r["fields"]), None)
-        v = values.get(name) if name is not None else None
-        return (0, -v) if v is not None else (1, 0.0)
-
-    rows.sort(key=rank)
-
-
-def _fmt_number(n: float | None) -> str:
-    if n is None:
-        return "-"
-    if isinstance(n, float):
-        return f"{n:,.1f}"
-    return f"{n:,}"
-
-
 def cmd_watch(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         raise UsageError("--interval must be positive")
@@ -522,38 +224,27 @@ def cmd_watch(args: argparse.Namespace) -> int:
         if args.drain and m.type in UNDELETABLE_TYPES:
             raise CliError(f"watch --drain: map {m.name!r} (id {m.id}) is a "
                            f"{m.info.type_name}: its elements can't be deleted")
-        f = EntryFormatter(m, args.key_format, args.value_format, btf=not args.no_btf)
+        f = _formatter(m, args)
         prev: dict[bytes, dict[str, int | float]] | None = None
         last: float | None = None
         done = 0
         try:
             while True:
                 now = time.monotonic()
-                cur = _read_numbers(m, f, args.drain, args.batch_size)
+                cur = read_numbers(m, f, args.drain, args.batch_size)
                 dt = None if last is None else now - last
-                rows = _watch_rows(cur, prev, dt, args.drain)
+                rows = build_rows(cur, prev, dt, args.drain)
                 if args.field is not None and rows and not any(
                         args.field in r["fields"] for r in rows):
                     names = sorted({n for r in rows for n in r["fields"]})
                     raise UsageError(f"--field {args.field!r}: no such numeric field; the "
                                      f"values have {', '.join(names) or 'none'}")
-                _sort_rows(rows, args.sort, args.field)
+                sort_rows(rows, args.sort, args.field)
                 top = rows[: args.top]
                 if args.format == "json":
-                    out.write(json.dumps({
-                        "time": time.time(), "map": {"id": m.id, "name": m.name},
-                        "entries": len(rows), "interval": dt,
-                        "top": [{"key": hex_list(r["key"]), "key_text": f.key_text(r["key"]),
-                                 "fields": r["fields"], "rates": r["rates"]} for r in top],
-                    }) + "\n")
+                    write_json(out, m, f, top, len(rows), dt)
                 else:
-                    if clear:
-                        out.write("\x1b[H\x1b[2J")
-                    self_desc = "drained" if args.drain else "read"
-                    out.write(f"{m.name} (id {m.id}, {m.info.type_name}): {len(rows)} entries "
-                              f"{self_desc} at {time.strftime('%H:%M:%S')}"
-                              + (f", {dt:.2f}s since the last read" if dt else "") + "\n")
-                    _watch_table(out, f, top)
+                    write_view(out, m, f, top, len(rows), dt, drained=args.drain, clear=clear)
                 out.flush()
                 prev, last = cur, now
                 done += 1
@@ -564,86 +255,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             return 0
 
 
-def _watch_table(out: IO[str], f: EntryFormatter, rows: list[dict[str, Any]]) -> None:
-    names: list[str] = []
-    for r in rows:
-        names += [n for n in r["fields"] if n not in names]
-    heads = ["KEY"] + [h for n in names for h in (n.upper(), f"{n.upper()}/s")]
-    table = [[f.key_text(r["key"])] + [c for n in names for c in (
-        _fmt_number(r["fields"].get(n)), _fmt_number(r["rates"].get(n)))] for r in rows]
-    widths = [max([len(h)] + [len(t[i]) for t in table]) for i, h in enumerate(heads)]
-    for line in [heads] + table:
-        cells = [line[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(line[1:], widths[1:])]
-        out.write("  ".join(cells).rstrip() + "\n")
-
-
 # -- export -------------------------------------------------------------------------------
-def _label_name(name: str) -> str:
-    out = "".join(c if c.isalnum() and c.isascii() or c == "_" else "_" for c in name)
-    return out if out and not out[0].isdigit() else f"_{out}"
-
-
-def _key_labels(f: EntryFormatter, key: bytes) -> dict[str, str]:
-    k = f.key(key)
-    if k is MISSING:
-        return {"key": key.hex()}
-    if isinstance(k, dict):
-        flat = _flatten(k)
-        return {_label_name(n): str(v) for n, v in flat.items()} or {"key": key.hex()}
-    if isinstance(k, (list, tuple)):
-        return {f"key{i}": str(v) for i, v in enumerate(k)}
-    return {"key": str(k)}
-
-
-def _flatten(v: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, sub in v.items():
-        name = f"{prefix}_{k}" if prefix else str(k)
-        if isinstance(sub, dict):
-            out.update(_flatten(sub, name))
-        elif isinstance(sub, list):
-            out.update(_flatten({str(i): x for i, x in enumerate(sub)}, name))
-        else:
-            out[name] = sub
-    return out
-
-
-class MapCollector:
-    """A prometheus_client collector: each scrape reads the map with batch lookups."""
-
-    def __init__(self, m: Map, f: EntryFormatter, metric: str, kind: str,
-                 batch_size: int | None) -> None:
-        self.map, self.f, self.metric, self.kind = m, f, metric, kind
-        self.batch_size = batch_size
-        self.lock = threading.Lock()  # one map read at a time across scrape threads
-        self.scrapes = 0
-
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        with self.lock:
-            rows = [(bytes(k), self.f.numbers(v))
-                    for batch in self.map.batches(self.batch_size, copy=False) for k, v in batch]
-            self.scrapes += 1
-        families: dict[str, Any] = {}
-        cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
-        for key, fields in rows:
-            labels = _key_labels(self.f, key)
-            for field, n in fields.items():
-                name = self.metric if field == "value" else f"{self.metric}_{_label_name(field)}"
-                fam = families.get(name)
-                if fam is None:
-                    fam = families[name] = cls(
-                        name, f"BPF map {self.map.name!r} (id {self.map.id}): {field}",
-                        labels=list(labels))
-                fam.add_metric(list(labels.values()), n)
-        yield from families.values()
-        entries = GaugeMetricFamily(f"{self.metric}_entries",
-                                    f"Entries in BPF map {self.map.name!r}")
-        entries.add_metric([], len(rows))
-        yield entries
-
-
 def _parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
@@ -652,71 +264,27 @@ def _parse_listen(text: str) -> tuple[str, int]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    try:
-        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    try:  # lazy: prometheus_client is an extra, and only export needs it
+        from . import _export
     except ImportError:
         raise CliError("export needs prometheus_client: pip install 'libbpf-batch[prometheus]'"
                        ) from None
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     with _map_from_args(args) as m:
-        f = EntryFormatter(m, args.key_format, args.value_format, btf=not args.no_btf)
-        metric = args.metric or _label_name(f"bpf_map_{m.name}")
-        collector = MapCollector(m, f, metric, args.type, args.batch_size)
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(collector)
-        served = [0]
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.split("?")[0] not in ("/", "/metrics"):
-                    self.send_error(404)
-                    return
-                try:
-                    body = generate_latest(registry)
-                except BpfError as e:
-                    self.send_error(500, str(e.strerror))
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                served[0] += 1
-                if args.max_scrapes and served[0] >= args.max_scrapes:
-                    threading.Thread(target=self.server.shutdown, daemon=True).start()
-
-            def log_message(self, format: str, *a: Any) -> None:
-                pass
-
+        f = _formatter(m, args)
+        metric = args.metric or _export.label_name(f"bpf_map_{m.name}")
+        collector = _export.MapCollector(m, f, metric, args.type, args.batch_size)
         host, port = args.listen
         try:
-            server = ThreadingHTTPServer((host, port), Handler)
+            server = _export.metrics_server(collector, host, port, args.max_scrapes)
         except OSError as e:
             raise CliError(f"listen {host}:{port}: {e.strerror or e}") from None
-        server.daemon_threads = True
         bound_host, bound_port = str(server.server_address[0]), server.server_address[1]
         if not args.quiet:
             print(f"{PROG}: serving map {m.name!r} (id {m.id}) as {metric} on "
                   f"http://{bound_host}:{bound_port}/metrics", file=sys.stderr, flush=True)
-
-        def stop(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt
-
-        old = signal.signal(signal.SIGTERM, stop) if _main_thread() else None
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            if old is not None:
-                signal.signal(signal.SIGTERM, old)
-            server.server_close()
+        _export.serve_until_stopped(server)
     return 0
-
-
-def _main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
 
 
 # -- bench --------------------------------------------------------------------------------

@@ -65,8 +65,10 @@ class MapType(enum.IntEnum):
     TASK_STORAGE = lib.BPF_MAP_TYPE_TASK_STORAGE
     BLOOM_FILTER = lib.BPF_MAP_TYPE_BLOOM_FILTER
     USER_RINGBUF = lib.BPF_MAP_TYPE_USER_RINGBUF
-    CGRP_STORAGE = lib.BPF_MAP_TYPE_CGRP_STORAGE
-    ARENA = 33  # uapi since Linux 6.9, newer than the pinned libbpf 1.1.2 headers
+    # Numbered here, not read from headers: a build against the system's libbpf uses the
+    # distribution's uapi headers, which may predate them (Debian 12's are Linux 6.1).
+    CGRP_STORAGE = 32  # Linux 6.2
+    ARENA = 33  # Linux 6.9, newer than the pinned libbpf 1.1.2 headers
 
 
 class ElemFlags(enum.IntFlag):
