@@ -6,10 +6,13 @@ Where BPF is unavailable the BPF tests skip with the reason; LIBBPF_BATCH_REQUIR
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import struct
+import subprocess
 from collections.abc import Iterator
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -25,6 +28,29 @@ def skip_or_fail(reason: str) -> None:
     if REQUIRE_BPF:
         pytest.fail(f"LIBBPF_BATCH_REQUIRE_BPF=1 but {reason}")
     pytest.skip(reason)
+
+
+def require_module(name: str) -> Any:
+    """Import an optional extra the test needs; skip without it (fail under REQUIRE_BPF)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        skip_or_fail(f"{name} is not installed (make test installs it in .venv)")
+        raise  # unreachable: skip_or_fail raises
+
+
+@contextlib.contextmanager
+def reaped(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """Yield ``proc``; afterwards kill it if it still runs, wait for it, close its pipes."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def _bpf_unavailable() -> str | None:

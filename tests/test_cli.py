@@ -21,7 +21,7 @@ from typing import Callable
 
 import pytest
 from bpf import fixtures
-from conftest import fill, skip_or_fail
+from conftest import fill, reaped, require_module, skip_or_fail
 
 from libbpf_batch import Map, MapType, cli
 from libbpf_batch.objects import BpfObject
@@ -445,31 +445,25 @@ def _scrape(url: str) -> dict[str, float]:
 
 
 def test_export_serves_each_entry_as_a_labelled_gauge(make_map: Callable[..., Map]) -> None:
-    pytest.importorskip("prometheus_client")
+    require_module("prometheus_client")
     m = make_map(MapType.HASH, 4, 8, 16, name=unique_name())
     fill(m, 3)
     proc, url = _start_export("id", m.id, "--key-format", "<I", "--max-scrapes", 2)
-    try:
+    with reaped(proc):
         metric = f"bpf_map_{m.name}"
         assert _scrape(url) == {f'{metric}{{key="{k}"}}': k + 1.0 for k in range(3)} | {
             f"{metric}_entries": 3.0}
         m.update(struct.pack("<I", 1), struct.pack("<Q", 1234))  # read again on each scrape
         assert _scrape(url)[f'{metric}{{key="1"}}'] == 1234.0
         assert proc.wait(timeout=10) == 0  # --max-scrapes 2: done
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        proc.stdout.close()  # type: ignore[union-attr]
-        proc.stderr.close()  # type: ignore[union-attr]
 
 
 def test_export_btf_fields_become_metrics_and_sigterm_stops_it(counters: BpfObject) -> None:
-    pytest.importorskip("prometheus_client")
+    require_module("prometheus_client")
     with counters.map("port_counts") as m:
         m.update(struct.pack("<H2x", 53), struct.pack("<QQII", 4, 400, 100, 0))
         proc, url = _start_export("id", m.id, "--metric", "udp", "--type", "counter")
-        try:
+        with reaped(proc):
             got = _scrape(url)
             assert got['udp_packets_total{pad="0",port="53",proto="0"}'] == 4.0
             assert got['udp_bytes_total{pad="0",port="53",proto="0"}'] == 400.0
@@ -477,12 +471,6 @@ def test_export_btf_fields_become_metrics_and_sigterm_stops_it(counters: BpfObje
                 urllib.request.urlopen(url.replace("/metrics", "/nothing"), timeout=10)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=10) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
-            proc.stdout.close()  # type: ignore[union-attr]
-            proc.stderr.close()  # type: ignore[union-attr]
 
 
 def test_export_without_prometheus_client_says_what_to_install(
@@ -498,7 +486,7 @@ def test_export_without_prometheus_client_says_what_to_install(
 
 
 def test_export_address_in_use_is_one_line(hash_map: tuple[Map, dict[bytes, bytes]]) -> None:
-    pytest.importorskip("prometheus_client")
+    require_module("prometheus_client")
     import socket
 
     m, _ = hash_map

@@ -11,7 +11,7 @@ import struct
 from typing import Callable
 
 import pytest
-from conftest import u32, u64
+from conftest import require_module, u32, u64
 
 from libbpf_batch import Batch, Map, MapType
 
@@ -35,7 +35,7 @@ def drained_batches(m: Map, batch_size: int = 7) -> list[Batch]:
 
 def numpy_all(m: Map, **kw: object) -> tuple[object, object]:
     """(keys, values) of the whole map as numpy arrays, read with copy=False batches."""
-    np = pytest.importorskip("numpy")
+    np = require_module("numpy")
     ks, vs = [], []
     for b in m.batches(5, copy=False):
         k, v = b.to_numpy(**kw)
@@ -200,7 +200,7 @@ def test_percpu_padding_is_stripped_when_decoding_4_byte_values(make_map: MakeMa
 # -- to_numpy ------------------------------------------------------------------------------
 
 def test_to_numpy_gives_exact_u32_keys_and_u64_values(make_map: MakeMap) -> None:
-    np = pytest.importorskip("numpy")
+    np = require_module("numpy")
     m = make_map(MapType.HASH, 4, 8, 3000)
     m.update_batch(array.array("I", range(3000)),
                    array.array("Q", [2**63 + i for i in range(3000)]))
@@ -214,7 +214,7 @@ def test_to_numpy_gives_exact_u32_keys_and_u64_values(make_map: MakeMap) -> None
                                         (3, "V3"), (16, "V16")])
 def test_to_numpy_default_dtype_follows_the_element_size(make_map: MakeMap, size: int,
                                                          dtype: str) -> None:
-    np = pytest.importorskip("numpy")
+    np = require_module("numpy")
     m = make_map(MapType.HASH, size, size, 16)
     keys = [bytes([i]) * size for i in range(10)]
     m.update_batch(keys, keys)
@@ -224,7 +224,7 @@ def test_to_numpy_default_dtype_follows_the_element_size(make_map: MakeMap, size
 
 
 def test_to_numpy_takes_explicit_and_structured_dtypes(make_map: MakeMap) -> None:
-    np = pytest.importorskip("numpy")
+    np = require_module("numpy")
     m = make_map(MapType.HASH, 16, 8, 100)
     m.update_batch([struct.pack("<qq", -i, i * 3) for i in range(50)],
                    [struct.pack("<d", i / 2) for i in range(50)])
@@ -236,7 +236,7 @@ def test_to_numpy_takes_explicit_and_structured_dtypes(make_map: MakeMap) -> Non
 
 
 def test_to_numpy_refuses_a_dtype_of_the_wrong_size() -> None:
-    pytest.importorskip("numpy")
+    require_module("numpy")
     b = Batch(1, u32(1), u64(1), b"", True, 4, 8, 8)
     with pytest.raises(ValueError, match="key dtype uint64 is 8 bytes"):
         b.to_numpy(key_dtype="<u8")
@@ -247,7 +247,7 @@ def test_to_numpy_refuses_a_dtype_of_the_wrong_size() -> None:
 @pytest.mark.parametrize("value_size", [4, 8, 12])
 def test_to_numpy_percpu_values_are_count_by_ncpus_without_padding(
         make_map: MakeMap, value_size: int) -> None:
-    np = pytest.importorskip("numpy")
+    np = require_module("numpy")
     m = make_map(MapType.PERCPU_HASH, 4, value_size, 64)
     n = 30
 
@@ -268,7 +268,7 @@ def test_to_numpy_percpu_values_are_count_by_ncpus_without_padding(
 
 
 def test_to_numpy_percpu_padding_stays_out_of_a_hand_made_batch() -> None:
-    np = pytest.importorskip("numpy")
+    np = require_module("numpy")
     # 2 elements x 3 CPUs, 4-byte values in 8-byte slots, padding 0xff
     values = b"".join(struct.pack("<I", e * 10 + c) + b"\xff" * 4
                       for e in range(2) for c in range(3))
@@ -282,7 +282,7 @@ def test_to_numpy_percpu_padding_stays_out_of_a_hand_made_batch() -> None:
 
 
 def test_to_numpy_arrays_are_read_only_views(make_map: MakeMap) -> None:
-    pytest.importorskip("numpy")
+    require_module("numpy")
     m = make_map(MapType.HASH, 4, 8, 16)
     m.update(u32(1), u64(2))
     for b in (next(m.batches()), next(m.batches(copy=False))):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from bpf import fixtures
 from bpf.workload import GETPPID_NR, GetppidChild, udp_traffic
-from conftest import skip_or_fail
+from conftest import reaped, require_module, skip_or_fail
 
 from libbpf_batch import BpfNotFoundError, MapType
 from libbpf_batch.objects import BpfObject
@@ -177,7 +177,7 @@ def test_harvest_example_prints_rates(bpf: None, counters_object: Path) -> None:
 
 
 def test_export_example_serves_syscall_counts(bpf: None, counters_object: Path) -> None:
-    pytest.importorskip("prometheus_client")
+    require_module("prometheus_client")
     import re
     import urllib.request
 
@@ -185,7 +185,7 @@ def test_export_example_serves_syscall_counts(bpf: None, counters_object: Path) 
         [sys.executable, str(EXAMPLES / "export.py"), "--object", str(counters_object),
          "--listen", "127.0.0.1:0", "--max-scrapes", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with reaped(proc):
         assert proc.stderr is not None
         line = proc.stderr.readline()
         match = re.search(r"(http://127\.0\.0\.1:\d+/metrics)$", line.strip())
@@ -194,9 +194,3 @@ def test_export_example_serves_syscall_counts(bpf: None, counters_object: Path) 
             text = r.read().decode()
         assert re.search(r'^bpf_syscalls_count_total\{nr="\d+",pid="\d+"\} \d+', text, re.MULTILINE)
         assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        proc.stdout.close()  # type: ignore[union-attr]
-        proc.stderr.close()  # type: ignore[union-attr]
