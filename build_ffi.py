@@ -202,7 +202,10 @@ def find_tarball() -> Path:
             check_tarball(Path(candidate), sha)
             return Path(candidate)
     out = subprocess.run(
-        ["bash", str(VENDOR / "fetch.sh"), str(BUILD)], check=True, stdout=subprocess.PIPE, text=True
+        ["bash", str(VENDOR / "fetch.sh"), str(BUILD)],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
     ).stdout
     return Path(out.strip().splitlines()[-1])
 
@@ -229,13 +232,20 @@ def build_vendored_libbpf() -> None:
     obj = PREFIX.parent / "obj"
     obj.mkdir(parents=True)
     cmd = [
-        "make", "-C", str(src), f"-j{os.cpu_count() or 1}",
+        "make",
+        "-C",
+        str(src),
+        f"-j{os.cpu_count() or 1}",
         "BUILD_STATIC_ONLY=1",
         # Debian's gcc defaults to PIE objects that can't go into a shared extension;
         # EXTRA_CFLAGS keeps libbpf's own CFLAGS (CFLAGS= would replace them).
         "EXTRA_CFLAGS=-fPIC",
-        f"OBJDIR={obj}", f"DESTDIR={PREFIX}", "PREFIX=", "LIBDIR=/lib",
-        "install", "install_uapi_headers",
+        f"OBJDIR={obj}",
+        f"DESTDIR={PREFIX}",
+        "PREFIX=",
+        "LIBDIR=/lib",
+        "install",
+        "install_uapi_headers",
     ]
     print("building libbpf:", shlex.join(cmd), file=sys.stderr)
     try:
@@ -261,6 +271,7 @@ def vendored_libbpf() -> dict[str, list[str]]:
 
 def system_libbpf() -> dict[str, list[str]]:
     """set_source() arguments for the system's shared libbpf (pkg-config libbpf)."""
+
     def pkg(flag: str) -> list[str]:
         return subprocess.run(
             ["pkg-config", flag, "libbpf"], check=True, stdout=subprocess.PIPE, text=True

@@ -27,16 +27,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--object", help="a compiled counters.bpf.o (default: build it now)")
     parser.add_argument("--listen", default=cli.DEFAULT_LISTEN, metavar="HOST:PORT")
-    parser.add_argument("--max-scrapes", type=int, default=None,
-                        help="exit after N scrapes (default: run until Ctrl-C or SIGTERM)")
+    parser.add_argument(
+        "--max-scrapes",
+        type=int,
+        default=None,
+        help="exit after N scrapes (default: run until Ctrl-C or SIGTERM)",
+    )
     args = parser.parse_args(argv)
 
     with load_counters(args.object) as obj, obj.map("syscalls") as m:
         obj.attach("count_syscalls")
         # keys {pid, nr} become labels; the numeric field `count` becomes
         # bpf_syscalls_count_total (comm is a string, so it is not exported)
-        export = ["export", "id", str(m.id), "--listen", args.listen,
-                  "--metric", "bpf_syscalls", "--type", "counter"]
+        export = [
+            "export",
+            "id",
+            str(m.id),
+            "--listen",
+            args.listen,
+            "--metric",
+            "bpf_syscalls",
+            "--type",
+            "counter",
+        ]
         if args.max_scrapes:
             export += ["--max-scrapes", str(args.max_scrapes)]
         return cli.main(export)

@@ -52,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
                 elapsed, last = now - last, now
                 n += 1
                 total = sum(c for c, _ in counts.values())
-                print(f"-- harvest {n}: {len(counts)} keys, {total:,} syscalls in "
-                      f"{elapsed:.2f}s ({total / elapsed:,.0f}/s)")
+                print(
+                    f"-- harvest {n}: {len(counts)} keys, {total:,} syscalls in "
+                    f"{elapsed:.2f}s ({total / elapsed:,.0f}/s)"
+                )
                 print(f"{'PID':>8} {'COMM':<16} {'NR':>4} {'CALLS/s':>12}")
                 top = sorted(counts.items(), key=lambda kv: -kv[1][0])[: args.top]
                 for (pid, nr), (calls, comm) in top:

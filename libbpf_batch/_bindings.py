@@ -33,7 +33,11 @@ def _found(rc: int, op: str) -> bool:
 
 
 def bpf_map_create(
-    map_type: int, map_name: CData, key_size: int, value_size: int, max_entries: int,
+    map_type: int,
+    map_name: CData,
+    key_size: int,
+    value_size: int,
+    max_entries: int,
     opts: CData = NULL,
 ) -> int:
     """bpf_map_create(): the new map's fd."""
@@ -55,9 +59,7 @@ def bpf_map_lookup_elem(fd: int, key: CData, value: CData) -> bool:
 
 def bpf_map_lookup_elem_flags(fd: int, key: CData, value: CData, flags: int) -> bool:
     """bpf_map_lookup_elem_flags(): False when the key is missing."""
-    return _found(
-        lib.bpf_map_lookup_elem_flags(fd, key, value, flags), "bpf_map_lookup_elem_flags"
-    )
+    return _found(lib.bpf_map_lookup_elem_flags(fd, key, value, flags), "bpf_map_lookup_elem_flags")
 
 
 def bpf_map_lookup_and_delete_elem(fd: int, key: CData, value: CData) -> bool:
@@ -78,7 +80,12 @@ def bpf_map_get_next_key(fd: int, key: CData, next_key: CData) -> bool:
 
 
 def bpf_map_lookup_batch(
-    fd: int, in_batch: CData, out_batch: CData, keys: CData, values: CData, count: CData,
+    fd: int,
+    in_batch: CData,
+    out_batch: CData,
+    keys: CData,
+    values: CData,
+    count: CData,
     opts: CData = NULL,
 ) -> bool:
     """bpf_map_lookup_batch(); ``count`` (``__u32 *``) is updated in place.
@@ -95,7 +102,12 @@ def bpf_map_lookup_batch(
 
 
 def bpf_map_lookup_and_delete_batch(
-    fd: int, in_batch: CData, out_batch: CData, keys: CData, values: CData, count: CData,
+    fd: int,
+    in_batch: CData,
+    out_batch: CData,
+    keys: CData,
+    values: CData,
+    count: CData,
     opts: CData = NULL,
 ) -> bool:
     """bpf_map_lookup_and_delete_batch(); ``count`` is updated in place.
@@ -230,5 +242,7 @@ def btf__raw_data(btf: CData) -> bytes:
 
 
 __all__ = [name for name in dir() if name.startswith(("bpf_", "btf__", "libbpf_"))] + [
-    "BpfError", "CData", "NULL",
+    "BpfError",
+    "CData",
+    "NULL",
 ]

@@ -50,8 +50,9 @@ def _flatten(v: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 class MapCollector:
     """A prometheus_client collector: each scrape reads the map with batch lookups."""
 
-    def __init__(self, m: Map, f: EntryFormatter, metric: str, kind: str,
-                 batch_size: int | None) -> None:
+    def __init__(
+        self, m: Map, f: EntryFormatter, metric: str, kind: str, batch_size: int | None
+    ) -> None:
         self.map, self.f, self.metric, self.kind = m, f, metric, kind
         self.batch_size = batch_size
         self.lock = threading.Lock()  # one map read at a time across scrape threads
@@ -59,8 +60,11 @@ class MapCollector:
 
     def collect(self) -> Iterator[Any]:
         with self.lock:
-            rows = [(bytes(k), self.f.numbers(v))
-                    for batch in self.map.batches(self.batch_size, copy=False) for k, v in batch]
+            rows = [
+                (bytes(k), self.f.numbers(v))
+                for batch in self.map.batches(self.batch_size, copy=False)
+                for k, v in batch
+            ]
             self.scrapes += 1
         families: dict[str, Any] = {}
         cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
@@ -71,18 +75,22 @@ class MapCollector:
                 fam = families.get(name)
                 if fam is None:
                     fam = families[name] = cls(
-                        name, f"BPF map {self.map.name!r} (id {self.map.id}): {field}",
-                        labels=list(labels))
+                        name,
+                        f"BPF map {self.map.name!r} (id {self.map.id}): {field}",
+                        labels=list(labels),
+                    )
                 fam.add_metric(list(labels.values()), n)
         yield from families.values()
-        entries = GaugeMetricFamily(f"{self.metric}_entries",
-                                    f"Entries in BPF map {self.map.name!r}")
+        entries = GaugeMetricFamily(
+            f"{self.metric}_entries", f"Entries in BPF map {self.map.name!r}"
+        )
         entries.add_metric([], len(rows))
         yield entries
 
 
-def metrics_server(collector: MapCollector, host: str, port: int,
-                   max_scrapes: int | None) -> ThreadingHTTPServer:
+def metrics_server(
+    collector: MapCollector, host: str, port: int, max_scrapes: int | None
+) -> ThreadingHTTPServer:
     """A bound server answering / and /metrics from ``collector``; OSError if it can't listen.
 
     After ``max_scrapes`` answered scrapes (if given) it shuts itself down.

@@ -100,8 +100,13 @@ class EntryFormatter:
     decodes to MISSING and only its hex is shown.
     """
 
-    def __init__(self, m: Map, key_format: str | None = None,
-                 value_format: str | None = None, btf: bool = True) -> None:
+    def __init__(
+        self,
+        m: Map,
+        key_format: str | None = None,
+        value_format: str | None = None,
+        btf: bool = True,
+    ) -> None:
         self.map = m
         self.key_size, self.value_size = m.key_size, m.value_size
         self.percpu, self.ncpus = m.is_percpu, m.ncpus
@@ -113,8 +118,10 @@ class EntryFormatter:
             try:
                 self.decoder = m.decoder()
             except (BpfError, ValueError) as e:  # no permission for the BTF, or odd BTF
-                print(f"{PROG}: warning: map {m.name!r} (id {m.id}): BTF not decoded: {e}",
-                      file=sys.stderr)
+                print(
+                    f"{PROG}: warning: map {m.name!r} (id {m.id}): BTF not decoded: {e}",
+                    file=sys.stderr,
+                )
 
     @staticmethod
     def _struct(fmt: str | None, size: int, option: str, what: str) -> struct.Struct | None:
@@ -122,8 +129,9 @@ class EntryFormatter:
             return None
         s = struct.Struct(fmt)
         if s.size > size:
-            raise UsageError(f"{option} {fmt!r} needs {s.size} bytes, the map's {what}s "
-                             f"have {size}")
+            raise UsageError(
+                f"{option} {fmt!r} needs {s.size} bytes, the map's {what}s have {size}"
+            )
         return s
 
     def _unpack(self, s: struct.Struct, data: bytes) -> Any:
@@ -134,8 +142,7 @@ class EntryFormatter:
         """Per-CPU: each CPU's value_size bytes; otherwise [value]."""
         if not self.percpu:
             return [value]
-        return [value[i * self.slot: i * self.slot + self.value_size]
-                for i in range(self.ncpus)]
+        return [value[i * self.slot : i * self.slot + self.value_size] for i in range(self.ncpus)]
 
     def key(self, key: bytes) -> Any:
         if self.key_struct is not None:
@@ -157,8 +164,9 @@ class EntryFormatter:
         """One element as ``bpftool -j map dump`` spells it, with ``formatted`` if decoded."""
         out: dict[str, Any] = {"key": hex_list(key)}
         if self.percpu:
-            out["values"] = [{"cpu": i, "value": hex_list(s)}
-                             for i, s in enumerate(self.slots(value))]
+            out["values"] = [
+                {"cpu": i, "value": hex_list(s)} for i, s in enumerate(self.slots(value))
+            ]
         else:
             out["value"] = hex_list(value)
         k, v = self.key(key), self.value(value)
@@ -218,9 +226,11 @@ class Writer:
             self._csv = csv.writer(self.out, lineterminator="\n")
             header = ["key", "cpu", "value"] if self.f.percpu else ["key", "value"]
             has_key = self.f.key_struct is not None or (
-                self.f.decoder is not None and self.f.decoder.has_key_type)
+                self.f.decoder is not None and self.f.decoder.has_key_type
+            )
             has_value = self.f.value_struct is not None or (
-                self.f.decoder is not None and self.f.decoder.has_value_type)
+                self.f.decoder is not None and self.f.decoder.has_value_type
+            )
             self._decoded = (has_key, has_value)
             header += ["key_decoded"] * has_key + ["value_decoded"] * has_value
             self._csv.writerow(header)
@@ -228,8 +238,7 @@ class Writer:
     def write(self, key: bytes, value: bytes) -> None:
         fmt = self.fmt
         if fmt in ("json", "jsonl"):
-            text = json.dumps(self.f.entry(key, value), separators=(",", ":"),
-                              ensure_ascii=False)
+            text = json.dumps(self.f.entry(key, value), separators=(",", ":"), ensure_ascii=False)
             if fmt == "json":
                 self.out.write(("\n" if self.count == 0 else ",\n") + text)
             else:
@@ -262,8 +271,9 @@ class Writer:
             else:
                 value_text = _compact(v)
         elif self.f.percpu:
-            value_text = "  ".join(f"cpu{i}: {s.hex(' ')}"
-                                   for i, s in enumerate(self.f.slots(value)))
+            value_text = "  ".join(
+                f"cpu{i}: {s.hex(' ')}" for i, s in enumerate(self.f.slots(value))
+            )
         else:
             value_text = value.hex(" ")
         self.out.write(f"key: {key_text}  value: {value_text}\n")

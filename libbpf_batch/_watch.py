@@ -10,16 +10,20 @@ from ._output import EntryFormatter, hex_list
 from .maps import Map
 
 
-def read_numbers(m: Map, f: EntryFormatter, drain: bool,
-                 batch_size: int | None) -> dict[bytes, dict[str, int | float]]:
+def read_numbers(
+    m: Map, f: EntryFormatter, drain: bool, batch_size: int | None
+) -> dict[bytes, dict[str, int | float]]:
     """Each key's numeric fields, read (or drained) with batch lookups."""
     batches = m.drain(batch_size, copy=False) if drain else m.batches(batch_size, copy=False)
     return {bytes(k): f.numbers(v) for batch in batches for k, v in batch}
 
 
-def build_rows(cur: dict[bytes, dict[str, int | float]],
-               prev: dict[bytes, dict[str, int | float]] | None, dt: float | None,
-               drain: bool) -> list[dict[str, Any]]:
+def build_rows(
+    cur: dict[bytes, dict[str, int | float]],
+    prev: dict[bytes, dict[str, int | float]] | None,
+    dt: float | None,
+    drain: bool,
+) -> list[dict[str, Any]]:
     """One row per key: its fields and their rates per second (None before a second read)."""
     rows = []
     for key, fields in cur.items():
@@ -53,26 +57,58 @@ def sort_rows(rows: list[dict[str, Any]], sort: str, field: str | None) -> None:
     rows.sort(key=rank)
 
 
-def write_json(out: IO[str], m: Map, f: EntryFormatter, top: list[dict[str, Any]],
-               entries: int, dt: float | None) -> None:
+def write_json(
+    out: IO[str],
+    m: Map,
+    f: EntryFormatter,
+    top: list[dict[str, Any]],
+    entries: int,
+    dt: float | None,
+) -> None:
     """One read as one JSON line: the map, its entry count and the top rows."""
-    out.write(json.dumps({
-        "time": time.time(), "map": {"id": m.id, "name": m.name},
-        "entries": entries, "interval": dt,
-        "top": [{"key": hex_list(r["key"]), "key_text": f.key_text(r["key"]),
-                 "fields": r["fields"], "rates": r["rates"]} for r in top],
-    }) + "\n")
+    out.write(
+        json.dumps(
+            {
+                "time": time.time(),
+                "map": {"id": m.id, "name": m.name},
+                "entries": entries,
+                "interval": dt,
+                "top": [
+                    {
+                        "key": hex_list(r["key"]),
+                        "key_text": f.key_text(r["key"]),
+                        "fields": r["fields"],
+                        "rates": r["rates"],
+                    }
+                    for r in top
+                ],
+            }
+        )
+        + "\n"
+    )
 
 
-def write_view(out: IO[str], m: Map, f: EntryFormatter, top: list[dict[str, Any]],
-               entries: int, dt: float | None, *, drained: bool, clear: bool) -> None:
+def write_view(
+    out: IO[str],
+    m: Map,
+    f: EntryFormatter,
+    top: list[dict[str, Any]],
+    entries: int,
+    dt: float | None,
+    *,
+    drained: bool,
+    clear: bool,
+) -> None:
     """One read as a heading and a table, first clearing the terminal when ``clear``."""
     if clear:
         out.write("\x1b[H\x1b[2J")
     self_desc = "drained" if drained else "read"
-    out.write(f"{m.name} (id {m.id}, {m.info.type_name}): {entries} entries "
-              f"{self_desc} at {time.strftime('%H:%M:%S')}"
-              + (f", {dt:.2f}s since the last read" if dt else "") + "\n")
+    out.write(
+        f"{m.name} (id {m.id}, {m.info.type_name}): {entries} entries "
+        f"{self_desc} at {time.strftime('%H:%M:%S')}"
+        + (f", {dt:.2f}s since the last read" if dt else "")
+        + "\n"
+    )
     write_table(out, f, top)
 
 
@@ -82,8 +118,15 @@ def write_table(out: IO[str], f: EntryFormatter, rows: list[dict[str, Any]]) -> 
     for r in rows:
         names += [n for n in r["fields"] if n not in names]
     heads = ["KEY"] + [h for n in names for h in (n.upper(), f"{n.upper()}/s")]
-    table = [[f.key_text(r["key"])] + [c for n in names for c in (
-        format_number(r["fields"].get(n)), format_number(r["rates"].get(n)))] for r in rows]
+    table = [
+        [f.key_text(r["key"])]
+        + [
+            c
+            for n in names
+            for c in (format_number(r["fields"].get(n)), format_number(r["rates"].get(n)))
+        ]
+        for r in rows
+    ]
     widths = [max([len(h)] + [len(t[i]) for t in table]) for i, h in enumerate(heads)]
     for line in [heads] + table:
         cells = [line[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(line[1:], widths[1:])]

@@ -42,8 +42,16 @@ max_entries."""
 # others (argument checks, permission, missing op) count still holds the input; on EFAULT
 # it can't be trusted (bpf.h).
 _COUNT_UNTRUSTED = frozenset(
-    {errno.EINVAL, errno.EPERM, errno.EACCES, errno.EBADF, errno.EFAULT, ENOTSUPP,
-     errno.EOPNOTSUPP, errno.ENOSPC}
+    {
+        errno.EINVAL,
+        errno.EPERM,
+        errno.EACCES,
+        errno.EBADF,
+        errno.EFAULT,
+        ENOTSUPP,
+        errno.EOPNOTSUPP,
+        errno.ENOSPC,
+    }
 )
 
 
@@ -75,8 +83,16 @@ class Batch:
     )
 
     def __init__(
-        self, count: int, keys: BytesLike, values: BytesLike, cursor: bytes, done: bool,
-        key_size: int, value_size: int, value_stride: int, ncpus: int = 1,
+        self,
+        count: int,
+        keys: BytesLike,
+        values: BytesLike,
+        cursor: bytes,
+        done: bool,
+        key_size: int,
+        value_size: int,
+        value_stride: int,
+        ncpus: int = 1,
     ) -> None:
         self.count = count
         self.keys = keys
@@ -136,8 +152,7 @@ class Batch:
 
     def _slots(self, value_format: str) -> list[Any]:
         # count * ncpus slots of round_up(value_size, 8) bytes, decoded in one pass
-        return _unpack(self.values, _slot(self.value_size), self.count * self.ncpus,
-                       value_format)
+        return _unpack(self.values, _slot(self.value_size), self.count * self.ncpus, value_format)
 
     def to_numpy(self, key_dtype: Any = None, value_dtype: Any = None) -> tuple[Any, Any]:
         """``(keys, values)`` as numpy arrays without a Python object per element.
@@ -148,15 +163,19 @@ class Batch:
         """
         import numpy as np  # optional extra: pip install libbpf-batch[numpy]
 
-        keys = np.frombuffer(self.keys, dtype=_dtype(np, key_dtype, self.key_size, "key"),
-                             count=self.count)
+        keys = np.frombuffer(
+            self.keys, dtype=_dtype(np, key_dtype, self.key_size, "key"), count=self.count
+        )
         vdtype = _dtype(np, value_dtype, self.value_size, "value")
         if self.value_stride == self.value_size:
             values = np.frombuffer(self.values, dtype=vdtype, count=self.count)
         else:  # one 8-byte-aligned slot per CPU: stride over the padding
-            values = np.ndarray(shape=(self.count, self.ncpus), dtype=vdtype,
-                                buffer=self.values,
-                                strides=(self.value_stride, _slot(self.value_size)))
+            values = np.ndarray(
+                shape=(self.count, self.ncpus),
+                dtype=vdtype,
+                buffer=self.values,
+                strides=(self.value_stride, _slot(self.value_size)),
+            )
         keys.flags.writeable = False  # views of a copy=False batch's buffers are writable
         values.flags.writeable = False
         return keys, values
@@ -191,8 +210,9 @@ _MAX_INTERLEAVE_COPIES = 12
 _WORD_CODES: dict[int, Any] = {struct.calcsize(code): code for code in "BHIQ"}
 
 
-def _pairs(keys: BytesLike, values: BytesLike, ks: int, vs: int, count: int
-           ) -> Iterator[tuple[bytes, bytes]]:
+def _pairs(
+    keys: BytesLike, values: BytesLike, ks: int, vs: int, count: int
+) -> Iterator[tuple[bytes, bytes]]:
     """``(key, value)`` bytes pairs, made in C with no Python frame per element.
 
     Narrow elements (most maps) are first interleaved into one scratch buffer, a strided copy
@@ -213,7 +233,7 @@ def _pairs(keys: BytesLike, values: BytesLike, ks: int, vs: int, count: int
     for j in range(kw):
         out[j::width] = k[j::kw]
     for j in range(vw):
-        out[kw + j::width] = v[j::vw]
+        out[kw + j :: width] = v[j::vw]
     out.release()
     return struct.iter_unpack(f"{ks}s{vs}s", scratch)
 
@@ -259,8 +279,10 @@ def _dtype(np: Any, dtype: Any, size: int, what: str) -> Any:
         return np.dtype(f"<u{size}") if size in (1, 2, 4, 8) else np.dtype(f"V{size}")
     dt = np.dtype(dtype)
     if dt.itemsize != size:
-        raise ValueError(f"{what} dtype {dt} is {dt.itemsize} bytes, the map's {what}s are "
-                         f"{size} (use a structured dtype with itemsize={size})")
+        raise ValueError(
+            f"{what} dtype {dt} is {dt.itemsize} bytes, the map's {what}s are "
+            f"{size} (use a structured dtype with itemsize={size})"
+        )
     return dt
 
 
@@ -281,15 +303,20 @@ class _Buffers:
         self._vview = memoryview(ffi.buffer(self.values))
 
     def contents(self, n: int, copy: bool) -> tuple[BytesLike, BytesLike]:
-        keys = self._kview[:n * self.key_size]
-        values = self._vview[:n * self.value_stride]
+        keys = self._kview[: n * self.key_size]
+        values = self._vview[: n * self.value_stride]
         if copy:
             return keys.tobytes(), values.tobytes()
         return keys, values
 
 
 def lookup_batches(
-    m: Map, *, delete: bool, batch_size: int | None, elem_flags: int = 0, flags: int = 0,
+    m: Map,
+    *,
+    delete: bool,
+    batch_size: int | None,
+    elem_flags: int = 0,
+    flags: int = 0,
     copy: bool = True,
 ) -> Iterator[Batch]:
     """Feed out_batch back as in_batch until the kernel says ENOENT.
@@ -309,10 +336,10 @@ def lookup_batches(
     return _walk(m, op, delete, capacity, opts, elem_flags, flags, copy)
 
 
-def _walk(m: Map, op: str, delete: bool, capacity: int, opts: Any, elem_flags: int,
-          flags: int, copy: bool) -> Iterator[Batch]:
-    call = (_bindings.bpf_map_lookup_and_delete_batch if delete
-            else _bindings.bpf_map_lookup_batch)
+def _walk(
+    m: Map, op: str, delete: bool, capacity: int, opts: Any, elem_flags: int, flags: int, copy: bool
+) -> Iterator[Batch]:
+    call = _bindings.bpf_map_lookup_and_delete_batch if delete else _bindings.bpf_map_lookup_batch
     key_size, value_stride = m.key_size, m.value_stride
     buf = _Buffers(capacity, key_size, value_stride)
     cursor = ffi.new("char[]", max(4, key_size))  # hash maps keep a u32 bucket index
@@ -336,10 +363,11 @@ def _walk(m: Map, op: str, delete: bool, capacity: int, opts: Any, elem_flags: i
                 # hashtab.c returns ENOSPC only when it copied nothing (total == 0), so
                 # growing and retrying from the same cursor loses nothing.
                 if buf.capacity >= max(m.max_entries, 1):
-                    raise m._error(e, f"a bucket holds more than {buf.capacity} elements, "
-                                   "the map's max_entries") from None
-                buf = _Buffers(min(buf.capacity * 2, max(m.max_entries, 1)), key_size,
-                               value_stride)
+                    raise m._error(
+                        e,
+                        f"a bucket holds more than {buf.capacity} elements, the map's max_entries",
+                    ) from None
+                buf = _Buffers(min(buf.capacity * 2, max(m.max_entries, 1)), key_size, value_stride)
                 continue
             n = returned_count(e, count[0])
             if n:
@@ -370,8 +398,7 @@ def _batch_factory(m: Map) -> Callable[[int, BytesLike, BytesLike, bytes, bool],
     return make
 
 
-def per_key_batches(m: Map, *, delete: bool, batch_size: int, copy: bool = True
-                    ) -> Iterator[Batch]:
+def per_key_batches(m: Map, *, delete: bool, batch_size: int, copy: bool = True) -> Iterator[Batch]:
     """The per-key walk (get_next_key, lookup[, delete]) in batches of ``batch_size``.
 
     The next key is taken *before* the current one is deleted: restarting from NULL after each
@@ -448,18 +475,20 @@ def join_elements(
         flat = ffi.from_buffer(items)
     except TypeError:
         if isinstance(items, str) or not isinstance(items, Sequence):
-            raise TypeError(f"{what} must be bytes-like or a sequence of bytes-like items, "
-                            f"not {type(items).__name__}") from None
+            raise TypeError(
+                f"{what} must be bytes-like or a sequence of bytes-like items, "
+                f"not {type(items).__name__}"
+            ) from None
         for i, item in enumerate(items):
             try:
                 n = memoryview(item).nbytes
             except TypeError:
-                raise TypeError(f"{what}[{i}] must be bytes-like, not "
-                                f"{type(item).__name__}") from None
+                raise TypeError(
+                    f"{what}[{i}] must be bytes-like, not {type(item).__name__}"
+                ) from None
             if n != size:
                 raise ValueError(f"{what}[{i}] is {n} bytes, expected {size}") from None
         return ffi.from_buffer(b"".join(items)), len(items)
     if len(flat) % size:
         raise ValueError(f"{what} buffer is {len(flat)} bytes, not a multiple of {size}")
     return flat, len(flat) // size
-

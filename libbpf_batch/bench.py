@@ -88,17 +88,32 @@ IMPL_LABELS = {
     "py_unpack": "Py unpack() ints",
 }
 BATCH_MODES = ("py_view", "py_copy", "py_pairs", "py_numpy", "py_unpack")
-C_SCENARIO = {("fill", "c_batch"): "fill_batch", ("fill", "c_key"): "fill_key",
-              ("lookup", "c_batch"): "lookup_batch", ("lookup", "c_key"): "lookup_key",
-              ("drain", "c_batch"): "drain_batch", ("drain", "c_key"): "drain_key"}
+C_SCENARIO = {
+    ("fill", "c_batch"): "fill_batch",
+    ("fill", "c_key"): "fill_key",
+    ("lookup", "c_batch"): "lookup_batch",
+    ("lookup", "c_key"): "lookup_key",
+    ("drain", "c_batch"): "drain_batch",
+    ("drain", "c_key"): "drain_key",
+}
 
 # The targets of issue 3: (op, impl, reference, limit, text). A limit >= 2 is a speed-up
 # (reference time / impl time, at least the limit); below 2, a time ratio (at most the limit).
 TARGETS = (
-    ("drain", "py_view", "c_batch", 1.05,
-     "drain yielding raw Batch buffers (copy=False) <= 1.05x C batch"),
-    ("drain", "py_copy", "c_batch", 1.05,
-     "drain yielding raw Batch buffers (copied) <= 1.05x C batch"),
+    (
+        "drain",
+        "py_view",
+        "c_batch",
+        1.05,
+        "drain yielding raw Batch buffers (copy=False) <= 1.05x C batch",
+    ),
+    (
+        "drain",
+        "py_copy",
+        "c_batch",
+        1.05,
+        "drain yielding raw Batch buffers (copied) <= 1.05x C batch",
+    ),
     ("drain", "py_numpy", "c_batch", 1.15, "drain decoded to numpy <= 1.15x C batch"),
     ("drain", "py_pairs", "c_batch", 1.5, "drain to (bytes, bytes) pairs <= 1.5x C batch"),
     ("drain", "py_copy", "py_key_lib", 10, "batch drain >= 10x faster than per_key_batches"),
@@ -115,6 +130,7 @@ class BenchError(Exception):
 
 
 # -- configuration ---------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -136,14 +152,16 @@ class Shape:
             shape = cls(map_type, int(ks), int(vs))
         except (ValueError, KeyError):
             raise argparse.ArgumentTypeError(
-                f"{text!r}: expected TYPE:KEY_SIZE:VALUE_SIZE, e.g. hash:4:8") from None
+                f"{text!r}: expected TYPE:KEY_SIZE:VALUE_SIZE, e.g. hash:4:8"
+            ) from None
         if map_type not in (MapType.HASH, MapType.PERCPU_HASH):
             raise argparse.ArgumentTypeError(f"{text!r}: type must be hash or percpu_hash")
         for size in (shape.key_size, shape.value_size):
             if size != 4 and (size <= 0 or size % 8):
                 raise argparse.ArgumentTypeError(
                     f"{text!r}: sizes must be 4 or a multiple of 8 (the pattern writes a u32 "
-                    "or u64 at offset 0)")
+                    "or u64 at offset 0)"
+                )
         if shape.key_size > 64:
             raise argparse.ArgumentTypeError(f"{text!r}: keys of at most 64 bytes")
         return shape
@@ -167,40 +185,89 @@ def parse_args(argv: Sequence[str] | None, prog: str | None = None) -> argparse.
     p = argparse.ArgumentParser(
         prog=prog or "python -m libbpf_batch.bench",
         description="Fill, walk and drain BPF maps in C and Python, side by side; every run "
-                    "checks its own result. Needs root (or CAP_BPF).",
-        epilog="Defaults take about a minute on 2 cores; --quick a few seconds.")
-    p.add_argument("--shapes", type=_shape_list, default=None,
-                   help=f"map shapes TYPE:KEY:VALUE (default {DEFAULT_SHAPES})")
-    p.add_argument("-n", "--entries", type=_int_list, default=None,
-                   help=f"map sizes, comma-separated (default {DEFAULT_ENTRIES})")
-    p.add_argument("-r", "--reps", type=int, default=None,
-                   help="repetitions of the batch scenarios (default 3)")
-    p.add_argument("--per-key-reps", type=int, default=None,
-                   help="repetitions of the per-key scenarios, 0 to skip them (default 1)")
-    p.add_argument("--full-up-to", type=int, default=None, metavar="N",
-                   help="sizes above N run only the first shape, and of the per-key scenarios "
-                        "only the drains (default 100000: per-key walks take seconds at "
-                        "1,000,000 entries and cost the same per entry at 100,000)")
-    p.add_argument("--full", action="store_true",
-                   help="every scenario for every shape at every size (several minutes)")
-    p.add_argument("-b", "--batch-size", type=int, default=None,
-                   help=f"batch size of the main scenarios (default {DEFAULT_BATCH_SIZE}, the "
-                        "library's default)")
-    p.add_argument("--sweep", type=_int_list, default=None,
-                   help=f"batch sizes for the drain sweep on the first shape at the largest N "
-                        f"(default {DEFAULT_SWEEP}; '' to skip)")
-    p.add_argument("--sweep-reps", type=int, default=None, help="repetitions per sweep point "
-                   "(default 1)")
+        "checks its own result. Needs root (or CAP_BPF).",
+        epilog="Defaults take about a minute on 2 cores; --quick a few seconds.",
+    )
+    p.add_argument(
+        "--shapes",
+        type=_shape_list,
+        default=None,
+        help=f"map shapes TYPE:KEY:VALUE (default {DEFAULT_SHAPES})",
+    )
+    p.add_argument(
+        "-n",
+        "--entries",
+        type=_int_list,
+        default=None,
+        help=f"map sizes, comma-separated (default {DEFAULT_ENTRIES})",
+    )
+    p.add_argument(
+        "-r",
+        "--reps",
+        type=int,
+        default=None,
+        help="repetitions of the batch scenarios (default 3)",
+    )
+    p.add_argument(
+        "--per-key-reps",
+        type=int,
+        default=None,
+        help="repetitions of the per-key scenarios, 0 to skip them (default 1)",
+    )
+    p.add_argument(
+        "--full-up-to",
+        type=int,
+        default=None,
+        metavar="N",
+        help="sizes above N run only the first shape, and of the per-key scenarios "
+        "only the drains (default 100000: per-key walks take seconds at "
+        "1,000,000 entries and cost the same per entry at 100,000)",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="every scenario for every shape at every size (several minutes)",
+    )
+    p.add_argument(
+        "-b",
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"batch size of the main scenarios (default {DEFAULT_BATCH_SIZE}, the "
+        "library's default)",
+    )
+    p.add_argument(
+        "--sweep",
+        type=_int_list,
+        default=None,
+        help=f"batch sizes for the drain sweep on the first shape at the largest N "
+        f"(default {DEFAULT_SWEEP}; '' to skip)",
+    )
+    p.add_argument(
+        "--sweep-reps", type=int, default=None, help="repetitions per sweep point (default 1)"
+    )
     p.add_argument("--no-c", action="store_true", help="skip the C reference")
     p.add_argument("--cc", default=os.environ.get("CC", "gcc"), help="C compiler (default gcc)")
-    p.add_argument("--no-tracemalloc", dest="tracemalloc", action="store_false",
-                   help="skip the extra untimed drains that measure Python allocations")
-    p.add_argument("--quick", action="store_true",
-                   help="a few seconds: small maps, 2 repetitions, a short sweep")
+    p.add_argument(
+        "--no-tracemalloc",
+        dest="tracemalloc",
+        action="store_false",
+        help="skip the extra untimed drains that measure Python allocations",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few seconds: small maps, 2 repetitions, a short sweep",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     prog_group = p.add_mutually_exclusive_group()
-    prog_group.add_argument("--progress", dest="progress", action="store_true", default=None,
-                            help="a progress line on stderr (default: when stderr is a tty)")
+    prog_group.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="a progress line on stderr (default: when stderr is a tty)",
+    )
     prog_group.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
     quick = args.quick
@@ -233,6 +300,7 @@ def parse_args(argv: Sequence[str] | None, prog: str | None = None) -> argparse.
 
 # -- the C reference -------------------------------------------------------------------------
 
+
 def c_program(cc: str = "gcc") -> tuple[Path | None, str]:
     """Build bench/c_drain.c into build/bench/ when it is missing or stale.
 
@@ -241,20 +309,38 @@ def c_program(cc: str = "gcc") -> tuple[Path | None, str]:
     """
     lib = LIBBPF_PREFIX / "lib" / "libbpf.a"
     if not C_SOURCE.is_file():
-        return None, (f"no C reference: {C_SOURCE} is not here (it ships with the source tree, "
-                      "not the wheel); Python figures only, without ratios to C")
+        return None, (
+            f"no C reference: {C_SOURCE} is not here (it ships with the source tree, "
+            "not the wheel); Python figures only, without ratios to C"
+        )
     if not lib.is_file():
-        return None, (f"no C reference: {lib} is missing (run `make build` in the source "
-                      "tree); Python figures only, without ratios to C")
-    if (C_BINARY.is_file() and C_BINARY.stat().st_mtime >= C_SOURCE.stat().st_mtime
-            and C_BINARY.stat().st_mtime >= lib.stat().st_mtime):
+        return None, (
+            f"no C reference: {lib} is missing (run `make build` in the source "
+            "tree); Python figures only, without ratios to C"
+        )
+    if (
+        C_BINARY.is_file()
+        and C_BINARY.stat().st_mtime >= C_SOURCE.stat().st_mtime
+        and C_BINARY.stat().st_mtime >= lib.stat().st_mtime
+    ):
         return C_BINARY, ""
     if shutil.which(cc) is None:
         return None, f"no C reference: compiler {cc!r} not found; Python figures only"
     C_BINARY.parent.mkdir(parents=True, exist_ok=True)
     tmp = C_BINARY.with_name(f"{C_BINARY.name}.{os.getpid()}.tmp")
-    cmd = [cc, "-O2", "-Wall", "-I", str(LIBBPF_PREFIX / "include"), str(C_SOURCE), str(lib),
-           "-lelf", "-lz", "-o", str(tmp)]
+    cmd = [
+        cc,
+        "-O2",
+        "-Wall",
+        "-I",
+        str(LIBBPF_PREFIX / "include"),
+        str(C_SOURCE),
+        str(lib),
+        "-lelf",
+        "-lz",
+        "-o",
+        str(tmp),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode:
         tmp.unlink(missing_ok=True)
@@ -266,8 +352,17 @@ def c_program(cc: str = "gcc") -> tuple[Path | None, str]:
 def run_c(binary: Path, m: Map, scenarios: Iterable[str], batch_size: int) -> dict[str, float]:
     """One repetition of ``scenarios`` by c_drain on ``m`` (empty; left empty): ns/entry."""
     fd = m.fd
-    cmd = [str(binary), "--fd", str(fd), "--reps", "1", "--batch-size", str(batch_size),
-           "--scenarios", ",".join(scenarios)]
+    cmd = [
+        str(binary),
+        "--fd",
+        str(fd),
+        "--reps",
+        "1",
+        "--batch-size",
+        str(batch_size),
+        "--scenarios",
+        ",".join(scenarios),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, pass_fds=(fd,), check=False)
     if done.returncode:
         raise BenchError(f"C reference failed ({' '.join(cmd)}): {done.stderr.strip()}")
@@ -275,11 +370,13 @@ def run_c(binary: Path, m: Map, scenarios: Iterable[str], batch_size: int) -> di
         out = json.loads(done.stdout)
         return {name: float(s["ns_per_entry"][0]) for name, s in out["scenarios"].items()}
     except (ValueError, KeyError, IndexError, TypeError) as e:
-        raise BenchError(f"C reference printed something unexpected ({e}): "
-                         f"{done.stdout[:200]!r}") from None
+        raise BenchError(
+            f"C reference printed something unexpected ({e}): {done.stdout[:200]!r}"
+        ) from None
 
 
 # -- the workload: what is written, and the checks -------------------------------------------
+
 
 def _field(size: int) -> tuple[Literal["I", "Q"], int]:
     """The array code of the number at offset 0 of an element of ``size`` bytes, and its size."""
@@ -302,10 +399,10 @@ class Workload:
         self.vcode, vw = _field(m.value_size)
         self.kstep, self.vstep, self.vslot = ks // kw, stride // vw, slot // vw
         keys = array.array(self.kcode, bytes(n * ks))
-        keys[::self.kstep] = array.array(self.kcode, range(n))
+        keys[:: self.kstep] = array.array(self.kcode, range(n))
         values = array.array(self.vcode, bytes(n * stride))
         for c in range(self.ncpus):
-            values[c * self.vslot::self.vstep] = array.array(self.vcode, range(1 + c, n + 1 + c))
+            values[c * self.vslot :: self.vstep] = array.array(self.vcode, range(1 + c, n + 1 + c))
         self.keys, self.values = keys, values
         self.key_bytes = memoryview(keys).cast("B")
         self.value_bytes = memoryview(values).cast("B")
@@ -325,8 +422,8 @@ class Workload:
         def dtype(size: int) -> Any:
             if size in (4, 8):
                 return np.dtype(f"<u{size}")
-            return np.dtype({"names": ["n"], "formats": ["<u8"], "offsets": [0],
-                             "itemsize": size})
+            return np.dtype({"names": ["n"], "formats": ["<u8"], "offsets": [0], "itemsize": size})
+
         return dtype(self.ks), dtype(self.m.value_size)
 
     def fail(self, what: str, message: str) -> BenchError:
@@ -341,17 +438,16 @@ class Workload:
         nk, nv = self.kout.tell(), self.vout.tell()
         count = nk // self.ks
         if nk % self.ks or nv != count * self.stride:
-            raise self.fail(what, f"{nk} key bytes and {nv} value bytes don't make whole "
-                                  "elements")
+            raise self.fail(what, f"{nk} key bytes and {nv} value bytes don't make whole elements")
         ksum, vsums = self._sums(count)
         self.check_sums(what, count, ksum, vsums)
 
     def _sums(self, count: int) -> tuple[int, list[int]]:
         with self.kout.getbuffer() as kb, self.vout.getbuffer() as vb:
-            k = kb[:count * self.ks].cast(self.kcode)
-            v = vb[:count * self.stride].cast(self.vcode)
-            ksum = sum(k[::self.kstep])
-            vsums = [sum(v[c * self.vslot::self.vstep]) for c in range(self.ncpus)]
+            k = kb[: count * self.ks].cast(self.kcode)
+            v = vb[: count * self.stride].cast(self.vcode)
+            ksum = sum(k[:: self.kstep])
+            vsums = [sum(v[c * self.vslot :: self.vstep]) for c in range(self.ncpus)]
             del k, v
         return ksum, vsums
 
@@ -445,6 +541,7 @@ def consume_unpack(w: Workload, batches: Iterable[Batch]) -> Sums:
 
 # -- timing ------------------------------------------------------------------------------
 
+
 class PeakRss:
     """Growth of the resident set during a run: /proc/self/clear_refs 5 resets VmHWM."""
 
@@ -501,11 +598,19 @@ class Row:
     def as_dict(self, ratio: float | None) -> dict[str, Any]:
         med = self.median
         return {
-            "shape": self.shape, "entries": self.entries, "op": self.op, "impl": self.impl,
-            "label": IMPL_LABELS[self.impl], "batch_size": self.batch_size,
-            "sweep": self.sweep, "checked": True, "ns_per_entry": [round(x, 2) for x in self.ns],
-            "median_ns": round(med, 2), "min_ns": round(min(self.ns), 2),
-            "max_ns": round(max(self.ns), 2), "entries_per_s": round(1e9 / med),
+            "shape": self.shape,
+            "entries": self.entries,
+            "op": self.op,
+            "impl": self.impl,
+            "label": IMPL_LABELS[self.impl],
+            "batch_size": self.batch_size,
+            "sweep": self.sweep,
+            "checked": True,
+            "ns_per_entry": [round(x, 2) for x in self.ns],
+            "median_ns": round(med, 2),
+            "min_ns": round(min(self.ns), 2),
+            "max_ns": round(max(self.ns), 2),
+            "entries_per_s": round(1e9 / med),
             "ratio_to_c_batch": None if ratio is None else round(ratio, 3),
             "rss_peak_bytes": max(self.rss) if self.rss else None,
             "tracemalloc_peak_bytes": self.py_peak,
@@ -528,8 +633,7 @@ class Bench:
         """The batch size a row is filed under: None for fills and per-key walks."""
         return batch if op != "fill" and impl not in ("c_key", "py_key", "py_key_lib") else None
 
-    def row(self, w: Workload, op: str, impl: str, batch: int | None, sweep: bool = False
-            ) -> Row:
+    def row(self, w: Workload, op: str, impl: str, batch: int | None, sweep: bool = False) -> Row:
         key = (w.label, w.n, op, impl, batch, sweep)
         if key not in self.rows:
             self.rows[key] = Row(w.label, w.n, op, impl, batch, sweep)
@@ -545,9 +649,16 @@ class Bench:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
 
     # -- one timed Python run ---------------------------------------------------------------
-    def timed(self, w: Workload, what: str, run: Callable[[], Sums], row: Row,
-              empty_after: bool, checked_later: bool = False,
-              before: Callable[[], object] | None = None) -> None:
+    def timed(
+        self,
+        w: Workload,
+        what: str,
+        run: Callable[[], Sums],
+        row: Row,
+        empty_after: bool,
+        checked_later: bool = False,
+        before: Callable[[], object] | None = None,
+    ) -> None:
         """Time ``run`` once, then check what it returned (fills: the walk after checks).
 
         ``before`` (a fill) runs just before the clock starts, after the housekeeping: the C
@@ -577,8 +688,7 @@ class Bench:
         if empty_after:
             w.check_empty(what)
 
-    def python_batch_run(self, w: Workload, op: str, mode: str, batch: int
-                         ) -> Callable[[], Sums]:
+    def python_batch_run(self, w: Workload, op: str, mode: str, batch: int) -> Callable[[], Sums]:
         """The run of ``mode`` for ``op`` (lookup or drain) as a closure."""
         m = w.m
         delete = op == "drain"
@@ -606,7 +716,7 @@ class Bench:
         ks, stride = w.ks, w.stride
         kv, vv = w.key_bytes, w.value_bytes
         for o, p in zip(range(0, w.n * ks, ks), range(0, w.n * stride, stride)):
-            update(kv[o:o + ks], vv[p:p + stride])
+            update(kv[o : o + ks], vv[p : p + stride])
         return None
 
     @staticmethod
@@ -632,8 +742,7 @@ class Bench:
         a = self.args
         batch = a.batch_size
         label = shape.label
-        with Map.create(shape.map_type, shape.key_size, shape.value_size, n,
-                        name="bench") as m:
+        with Map.create(shape.map_type, shape.key_size, shape.value_size, n, name="bench") as m:
             w = Workload(m, n, label)
             small = n <= a.full_up_to
             fill_row = self.row(w, "fill", "py_batch", None)
@@ -650,43 +759,73 @@ class Bench:
                     # (a drain right after a lookup walk finds a warmer cache: ~5-10% faster).
                     runs = [["fill_batch", "lookup_batch"], ["drain_batch"]]
                     if per_key:
-                        runs.append(["fill_key", "lookup_key", "drain_key"] if small
-                                    else ["drain_key"])
+                        runs.append(
+                            ["fill_key", "lookup_key", "drain_key"] if small else ["drain_key"]
+                        )
                     for scen in runs:
                         got = run_c(self.c, m, scen, batch)
                         for (op, impl), name in C_SCENARIO.items():
                             if name in got:
-                                self.row(w, op, impl, self.batch_of(op, impl, batch)
-                                         ).ns.append(got[name])
+                                self.row(w, op, impl, self.batch_of(op, impl, batch)).ns.append(
+                                    got[name]
+                                )
                 for mode in self.modes():
                     self.say(f"{where}: Python drain, {IMPL_LABELS[mode]}")
-                    self.timed(w, f"drain {mode}", self.python_batch_run(w, "drain", mode,
-                                                                         batch),
-                               self.row(w, "drain", mode, batch), empty_after=True,
-                               before=fill)
+                    self.timed(
+                        w,
+                        f"drain {mode}",
+                        self.python_batch_run(w, "drain", mode, batch),
+                        self.row(w, "drain", mode, batch),
+                        empty_after=True,
+                        before=fill,
+                    )
                 self.say(f"{where}: Python lookups")
                 for i, mode in enumerate(self.modes()):
-                    self.timed(w, f"lookup {mode}", self.python_batch_run(w, "lookup", mode,
-                                                                          batch),
-                               self.row(w, "lookup", mode, batch), empty_after=False,
-                               before=None if i else fill)
+                    self.timed(
+                        w,
+                        f"lookup {mode}",
+                        self.python_batch_run(w, "lookup", mode, batch),
+                        self.row(w, "lookup", mode, batch),
+                        empty_after=False,
+                        before=None if i else fill,
+                    )
                 if per_key:
                     self.say(f"{where}: Python per key")
                     if small:
                         w.clear()
-                        self.timed(w, "fill py_key", lambda: self.py_key_fill(w),
-                                   self.row(w, "fill", "py_key", None), empty_after=False,
-                                   checked_later=True)
-                        self.timed(w, "lookup py_key", lambda: self.py_key_walk(w, False),
-                                   self.row(w, "lookup", "py_key", None), empty_after=False)
-                    self.timed(w, "drain py_key", lambda: self.py_key_walk(w, True),
-                               self.row(w, "drain", "py_key", None), empty_after=True)
+                        self.timed(
+                            w,
+                            "fill py_key",
+                            lambda: self.py_key_fill(w),
+                            self.row(w, "fill", "py_key", None),
+                            empty_after=False,
+                            checked_later=True,
+                        )
+                        self.timed(
+                            w,
+                            "lookup py_key",
+                            lambda: self.py_key_walk(w, False),
+                            self.row(w, "lookup", "py_key", None),
+                            empty_after=False,
+                        )
+                    self.timed(
+                        w,
+                        "drain py_key",
+                        lambda: self.py_key_walk(w, True),
+                        self.row(w, "drain", "py_key", None),
+                        empty_after=True,
+                    )
                     self.say(f"{where}: Python per_key_batches")
-                    self.timed(w, "drain py_key_lib",
-                               lambda: consume_batches(w, per_key_batches(
-                                   m, delete=True, batch_size=batch)),
-                               self.row(w, "drain", "py_key_lib", None), empty_after=True,
-                               before=fill)
+                    self.timed(
+                        w,
+                        "drain py_key_lib",
+                        lambda: consume_batches(
+                            w, per_key_batches(m, delete=True, batch_size=batch)
+                        ),
+                        self.row(w, "drain", "py_key_lib", None),
+                        empty_after=True,
+                        before=fill,
+                    )
                 else:
                     w.clear()  # the next repetition starts from an empty map
             if a.tracemalloc:
@@ -712,21 +851,27 @@ class Bench:
 
     def run_sweep(self, shape: Shape, n: int) -> None:
         a = self.args
-        with Map.create(shape.map_type, shape.key_size, shape.value_size, n,
-                        name="bench_sweep") as m:
+        with Map.create(
+            shape.map_type, shape.key_size, shape.value_size, n, name="bench_sweep"
+        ) as m:
             w = Workload(m, n, shape.label)
             for rep in range(a.sweep_reps):
                 for batch in a.sweep:
-                    self.say(f"sweep {shape.label}, {n:,} entries, batch {batch}, "
-                             f"rep {rep + 1}/{a.sweep_reps}")
+                    self.say(
+                        f"sweep {shape.label}, {n:,} entries, batch {batch}, "
+                        f"rep {rep + 1}/{a.sweep_reps}"
+                    )
                     if self.c is not None:
                         got = run_c(self.c, m, ["drain_batch"], batch)
-                        self.row(w, "drain", "c_batch", batch, True).ns.append(
-                            got["drain_batch"])
-                    self.timed(w, f"sweep drain py_view batch {batch}",
-                               self.python_batch_run(w, "drain", "py_view", batch),
-                               self.row(w, "drain", "py_view", batch, True), empty_after=True,
-                               before=w.fill)
+                        self.row(w, "drain", "c_batch", batch, True).ns.append(got["drain_batch"])
+                    self.timed(
+                        w,
+                        f"sweep drain py_view batch {batch}",
+                        self.python_batch_run(w, "drain", "py_view", batch),
+                        self.row(w, "drain", "py_view", batch, True),
+                        empty_after=True,
+                        before=w.fill,
+                    )
 
     def run(self) -> None:
         a = self.args
@@ -739,8 +884,9 @@ class Bench:
         self.done()
 
     # -- results -----------------------------------------------------------------------------
-    def reference(self, shape: str, entries: int, op: str, sweep: bool,
-                  batch: int | None) -> Row | None:
+    def reference(
+        self, shape: str, entries: int, op: str, sweep: bool, batch: int | None
+    ) -> Row | None:
         """The C batch row that ``batch`` (None: the main batch size) compares with."""
         if op == "fill":
             batch = None
@@ -757,31 +903,50 @@ class Bench:
         label = Shape(MapType.HASH, TARGET_SHAPE[1], TARGET_SHAPE[2]).label
         batch = self.args.batch_size
         for op, impl, ref, limit, text in TARGETS:
-            row = self.rows.get((label, TARGET_ENTRIES, op, impl,
-                                 self.batch_of(op, impl, batch), False))
-            ref_row = self.rows.get((label, TARGET_ENTRIES, op, ref,
-                                     self.batch_of(op, ref, batch), False))
+            row = self.rows.get(
+                (label, TARGET_ENTRIES, op, impl, self.batch_of(op, impl, batch), False)
+            )
+            ref_row = self.rows.get(
+                (label, TARGET_ENTRIES, op, ref, self.batch_of(op, ref, batch), False)
+            )
             if row is None or ref_row is None:
                 continue
             ratio = row.median / ref_row.median
             speedup = limit >= 2
-            out.append({"target": text, "op": op, "impl": impl, "reference": ref,
-                        "ratio": round(ratio, 3), "speedup": round(1 / ratio, 2) if speedup
-                        else None, "limit": limit,
-                        "met": 1 / ratio >= limit if speedup else ratio <= limit})
+            out.append(
+                {
+                    "target": text,
+                    "op": op,
+                    "impl": impl,
+                    "reference": ref,
+                    "ratio": round(ratio, 3),
+                    "speedup": round(1 / ratio, 2) if speedup else None,
+                    "limit": limit,
+                    "met": 1 / ratio >= limit if speedup else ratio <= limit,
+                }
+            )
         if batch == 4096:
             for mode in BATCH_MODES:
                 row = self.rows.get((label, TARGET_ENTRIES, "drain", mode, batch, False))
                 if row is None:
                     continue
-                peaks = [p for p in (max(row.rss) if row.rss else None, row.py_peak)
-                         if p is not None]
+                peaks = [
+                    p for p in (max(row.rss) if row.rss else None, row.py_peak) if p is not None
+                ]
                 if peaks:
-                    out.append({"target": f"drain 1,000,000 with batch 4096 ({IMPL_LABELS[mode]})"
-                                          " adds < 2 MiB (larger of RSS growth and tracemalloc)",
-                                "op": "drain", "impl": mode, "reference": None, "ratio": None,
-                                "bytes": max(peaks), "limit": MEMORY_TARGET,
-                                "met": max(peaks) < MEMORY_TARGET})
+                    out.append(
+                        {
+                            "target": f"drain 1,000,000 with batch 4096 ({IMPL_LABELS[mode]})"
+                            " adds < 2 MiB (larger of RSS growth and tracemalloc)",
+                            "op": "drain",
+                            "impl": mode,
+                            "reference": None,
+                            "ratio": None,
+                            "bytes": max(peaks),
+                            "limit": MEMORY_TARGET,
+                            "met": max(peaks) < MEMORY_TARGET,
+                        }
+                    )
         return out
 
     def report(self, c_note: str) -> dict[str, Any]:
@@ -792,11 +957,15 @@ class Bench:
             "benchmark": "libbpf-batch",
             "machine": machine(),
             "config": {
-                "shapes": [s.label for s in self.args.shapes], "entries": self.args.entries,
-                "reps": self.args.reps, "per_key_reps": self.args.per_key_reps,
+                "shapes": [s.label for s in self.args.shapes],
+                "entries": self.args.entries,
+                "reps": self.args.reps,
+                "per_key_reps": self.args.per_key_reps,
                 "full_up_to": self.args.full_up_to,
-                "batch_size": self.args.batch_size, "sweep": self.args.sweep,
-                "sweep_reps": self.args.sweep_reps, "quick": self.args.quick,
+                "batch_size": self.args.batch_size,
+                "sweep": self.args.sweep,
+                "sweep_reps": self.args.sweep_reps,
+                "quick": self.args.quick,
                 "tracemalloc": self.args.tracemalloc,
             },
             "c_reference": self.c is not None,
@@ -811,14 +980,18 @@ class Bench:
 def machine() -> dict[str, Any]:
     """Where the figures come from."""
     return {
-        "cpus": os.cpu_count(), "kernel": platform.release(), "machine": platform.machine(),
-        "python": platform.python_version(), "libbpf": _bindings.libbpf_version_string(),
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "libbpf": _bindings.libbpf_version_string(),
         "numpy": np.__version__ if np is not None else None,
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
     }
 
 
 # -- output ------------------------------------------------------------------------------------
+
 
 def _kib(n: int | None) -> str:
     return "-" if n is None else f"{n / 1024:,.0f}"
@@ -828,13 +1001,17 @@ def format_table(report: dict[str, Any]) -> str:
     """The report as text tables, one per map and size, then the sweep and the targets."""
     lines = []
     mc = report["machine"]
-    lines.append(f"libbpf-batch benchmark: {mc['cpus']} CPUs, kernel {mc['kernel']}, "
-                 f"Python {mc['python']}, libbpf {mc['libbpf']}, "
-                 f"numpy {mc['numpy'] or 'absent'}; {report['elapsed_s']} s")
+    lines.append(
+        f"libbpf-batch benchmark: {mc['cpus']} CPUs, kernel {mc['kernel']}, "
+        f"Python {mc['python']}, libbpf {mc['libbpf']}, "
+        f"numpy {mc['numpy'] or 'absent'}; {report['elapsed_s']} s"
+    )
     if report["c_note"]:
         lines.append(report["c_note"])
-    head = (f"  {'op':<7}{'implementation':<27}{'batch':>6} {'runs':>4} {'ns/entry':>9} "
-            f"{'min-max':>13} {'entries/s':>11} {'x C':>6} {'RSS +KiB':>9} {'py peak KiB':>11}")
+    head = (
+        f"  {'op':<7}{'implementation':<27}{'batch':>6} {'runs':>4} {'ns/entry':>9} "
+        f"{'min-max':>13} {'entries/s':>11} {'x C':>6} {'RSS +KiB':>9} {'py peak KiB':>11}"
+    )
     groups: dict[tuple[str, int, bool], list[dict[str, Any]]] = {}
     for row in report["rows"]:
         groups.setdefault((row["shape"], row["entries"], row["sweep"]), []).append(row)
@@ -844,8 +1021,13 @@ def format_table(report: dict[str, Any]) -> str:
         title = "drain sweep over batch sizes" if sweep else "fill, lookup-only walk, drain"
         lines.append(f"{shape}, {entries:,} entries: {title} (median ns per entry)")
         lines.append(head)
-        rows.sort(key=lambda r: (OPS.index(r["op"]), r["batch_size"] or 0 if sweep else 0,
-                                 order[r["impl"]]))
+        rows.sort(
+            key=lambda r: (
+                OPS.index(r["op"]),
+                r["batch_size"] or 0 if sweep else 0,
+                order[r["impl"]],
+            )
+        )
         for r in rows:
             ratio = r["ratio_to_c_batch"]
             spread = f"{r['min_ns']:,.0f}-{r['max_ns']:,.0f}"
@@ -853,7 +1035,8 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(
                 f"  {r['op']:<7}{r['label']:<27}{r['batch_size'] or '-':>6} "
                 f"{len(r['ns_per_entry']):>4} {r['median_ns']:>9,.0f} {spread:>13} {r['entries_per_s']:>11,} {x_c:>6} "
-                f"{_kib(r['rss_peak_bytes']):>9} {_kib(r['tracemalloc_peak_bytes']):>11}")
+                f"{_kib(r['rss_peak_bytes']):>9} {_kib(r['tracemalloc_peak_bytes']):>11}"
+            )
     if report["targets"]:
         lines.append("")
         lines.append("targets (hash 4/8, 1,000,000 entries, medians of this run):")

@@ -27,11 +27,25 @@ KIND_VAR, KIND_DATASEC, KIND_FLOAT, KIND_DECL_TAG, KIND_TYPE_TAG, KIND_ENUM64 = 
 INT_SIGNED, INT_CHAR, INT_BOOL = 1, 2, 4
 
 KIND_NAMES = {
-    0: "void", KIND_INT: "int", KIND_PTR: "ptr", KIND_ARRAY: "array", KIND_STRUCT: "struct",
-    KIND_UNION: "union", KIND_ENUM: "enum", KIND_FWD: "fwd", KIND_TYPEDEF: "typedef",
-    KIND_VOLATILE: "volatile", KIND_CONST: "const", KIND_RESTRICT: "restrict",
-    KIND_FUNC: "func", KIND_FUNC_PROTO: "func_proto", KIND_VAR: "var", KIND_DATASEC: "datasec",
-    KIND_FLOAT: "float", KIND_DECL_TAG: "decl_tag", KIND_TYPE_TAG: "type_tag",
+    0: "void",
+    KIND_INT: "int",
+    KIND_PTR: "ptr",
+    KIND_ARRAY: "array",
+    KIND_STRUCT: "struct",
+    KIND_UNION: "union",
+    KIND_ENUM: "enum",
+    KIND_FWD: "fwd",
+    KIND_TYPEDEF: "typedef",
+    KIND_VOLATILE: "volatile",
+    KIND_CONST: "const",
+    KIND_RESTRICT: "restrict",
+    KIND_FUNC: "func",
+    KIND_FUNC_PROTO: "func_proto",
+    KIND_VAR: "var",
+    KIND_DATASEC: "datasec",
+    KIND_FLOAT: "float",
+    KIND_DECL_TAG: "decl_tag",
+    KIND_TYPE_TAG: "type_tag",
     KIND_ENUM64: "enum64",
 }
 # Modifiers that change nothing about the bytes: skipped when decoding.
@@ -89,19 +103,20 @@ class Btf:
         if len(raw) < 24:
             raise BtfError(f"BTF blob is {len(raw)} bytes, shorter than its header")
         order = "<" if struct.unpack_from("<H", raw)[0] == BTF_MAGIC else ">"
-        magic, _version, _flags, hdr_len, type_off, type_len, str_off, str_len = \
-            struct.unpack_from(order + "HBBIIIII", raw)
+        magic, _version, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(
+            order + "HBBIIIII", raw
+        )
         if magic != BTF_MAGIC:
             raise BtfError(f"bad BTF magic {magic:#x}")
         self._order = order
         types_start = hdr_len + type_off
-        self._strings = raw[hdr_len + str_off: hdr_len + str_off + str_len]
+        self._strings = raw[hdr_len + str_off : hdr_len + str_off + str_len]
         self.types: dict[int, BtfType] = {}
-        self._parse(raw[types_start: types_start + type_len], first_id)
+        self._parse(raw[types_start : types_start + type_len], first_id)
 
     def _str(self, off: int) -> str:
         end = self._strings.find(b"\0", off)
-        return self._strings[off: end if end >= 0 else None].decode(errors="replace")
+        return self._strings[off : end if end >= 0 else None].decode(errors="replace")
 
     def _parse(self, data: bytes, first_id: int) -> None:
         o = self._order
@@ -117,8 +132,12 @@ class Btf:
             if kind == KIND_INT:
                 (enc,) = u32.unpack_from(data, pos)
                 pos += 4
-                kw.update(size=size_or_type, encoding=(enc >> 24) & 0x0F,
-                          int_offset=(enc >> 16) & 0xFF, bits=enc & 0xFF)
+                kw.update(
+                    size=size_or_type,
+                    encoding=(enc >> 24) & 0x0F,
+                    int_offset=(enc >> 16) & 0xFF,
+                    bits=enc & 0xFF,
+                )
             elif kind == KIND_ARRAY:
                 elem, _index, nelems = struct.unpack_from(o + "III", data, pos)
                 pos += 12
@@ -129,8 +148,9 @@ class Btf:
                     m_name, m_type, m_off = struct.unpack_from(o + "III", data, pos)
                     pos += 12
                     if kflag:  # bits 0-23 bit offset, 24-31 bitfield size
-                        members.append(Member(self._str(m_name), m_type, m_off & 0xFFFFFF,
-                                              m_off >> 24))
+                        members.append(
+                            Member(self._str(m_name), m_type, m_off & 0xFFFFFF, m_off >> 24)
+                        )
                     else:
                         members.append(Member(self._str(m_name), m_type, m_off))
                 kw.update(size=size_or_type, members=tuple(members))
@@ -169,8 +189,16 @@ class Btf:
                 kw.update(type_id=size_or_type)
             elif kind == KIND_FLOAT:
                 kw.update(size=size_or_type)
-            elif kind in (KIND_PTR, KIND_FWD, KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST,
-                          KIND_RESTRICT, KIND_FUNC, KIND_TYPE_TAG):
+            elif kind in (
+                KIND_PTR,
+                KIND_FWD,
+                KIND_TYPEDEF,
+                KIND_VOLATILE,
+                KIND_CONST,
+                KIND_RESTRICT,
+                KIND_FUNC,
+                KIND_TYPE_TAG,
+            ):
                 kw.update(type_id=size_or_type)
             else:
                 raise BtfError(f"type {tid}: unknown BTF kind {kind}")
@@ -201,8 +229,15 @@ class Btf:
         if _depth > _MAX_DEPTH:
             raise BtfError(f"type {type_id}: nesting too deep")
         t = self.resolve(type_id)
-        if t.kind in (KIND_INT, KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_ENUM64, KIND_FLOAT,
-                      KIND_DATASEC):
+        if t.kind in (
+            KIND_INT,
+            KIND_STRUCT,
+            KIND_UNION,
+            KIND_ENUM,
+            KIND_ENUM64,
+            KIND_FLOAT,
+            KIND_DATASEC,
+        ):
             return t.size
         if t.kind == KIND_PTR:
             return 8  # BPF is a 64-bit target
@@ -266,8 +301,9 @@ class Btf:
                 return []
             if _is_char(elem):
                 return _c_string(bytes(data[: t.nelems]))
-            return [self._decode(t.elem_type, data[i * esize:], depth + 1)
-                    for i in range(t.nelems)]
+            return [
+                self._decode(t.elem_type, data[i * esize :], depth + 1) for i in range(t.nelems)
+            ]
         if kind in (KIND_STRUCT, KIND_UNION):
             out: dict[str, Any] = {}
             for m in t.members:
@@ -275,9 +311,10 @@ class Btf:
                     value = self._bitfield(m, data)
                 else:
                     if m.bit_offset % 8:
-                        raise BtfError(f"{self.type_name(t.id)}.{m.name}: member not on a "
-                                       "byte boundary")
-                    value = self._decode(m.type_id, data[m.bit_offset // 8:], depth + 1)
+                        raise BtfError(
+                            f"{self.type_name(t.id)}.{m.name}: member not on a byte boundary"
+                        )
+                    value = self._decode(m.type_id, data[m.bit_offset // 8 :], depth + 1)
                 if not m.name and isinstance(value, dict):
                     out.update(value)  # anonymous struct/union: its members are the parent's
                 else:
@@ -286,8 +323,10 @@ class Btf:
         if kind == KIND_VAR:
             return self._decode(t.type_id, data, depth + 1)
         if kind == KIND_DATASEC:
-            return {self.type(var).name: self._decode(var, data[off:], depth + 1)
-                    for var, off, _size in t.sections}
+            return {
+                self.type(var).name: self._decode(var, data[off:], depth + 1)
+                for var, off, _size in t.sections
+            }
         raise BtfError(f"type {type_id}: can't decode a {t.kind_name}")
 
     def _uint(self, data: memoryview) -> int:
@@ -311,8 +350,9 @@ class Btf:
             raise BtfError(f"bitfield {m.name!r}: big-endian bitfields are not supported")
         first = m.bit_offset // 8
         last = (m.bit_offset + m.bitfield_size + 7) // 8
-        raw = (int.from_bytes(data[first:last], "little") >> (m.bit_offset % 8)) \
-            & ((1 << m.bitfield_size) - 1)
+        raw = (int.from_bytes(data[first:last], "little") >> (m.bit_offset % 8)) & (
+            (1 << m.bitfield_size) - 1
+        )
         signed = (t.encoding & INT_SIGNED) if t.kind == KIND_INT else t.kind_flag
         if signed and raw >= 1 << (m.bitfield_size - 1):
             raw -= 1 << m.bitfield_size
@@ -325,8 +365,11 @@ class Btf:
 
 def _is_char(t: BtfType) -> bool:
     """A 1-byte int spelled 'char' (or marked CHAR): its arrays are strings."""
-    return t.kind == KIND_INT and t.size == 1 and (
-        bool(t.encoding & INT_CHAR) or t.name in ("char", "signed char"))
+    return (
+        t.kind == KIND_INT
+        and t.size == 1
+        and (bool(t.encoding & INT_CHAR) or t.name in ("char", "signed char"))
+    )
 
 
 def _c_string(raw: bytes) -> str:
@@ -352,8 +395,17 @@ class MapDecoder:
     decoded value per possible CPU.
     """
 
-    def __init__(self, btf: Btf | None, key_type_id: int, value_type_id: int, *,
-                 key_size: int, value_size: int, ncpus: int = 1, percpu: bool = False) -> None:
+    def __init__(
+        self,
+        btf: Btf | None,
+        key_type_id: int,
+        value_type_id: int,
+        *,
+        key_size: int,
+        value_size: int,
+        ncpus: int = 1,
+        percpu: bool = False,
+    ) -> None:
         self.btf = btf
         self.key_type_id = key_type_id if btf is not None else 0
         self.value_type_id = value_type_id if btf is not None else 0
@@ -367,8 +419,15 @@ class MapDecoder:
     def for_map_info(cls, info: Any, *, ncpus: int = 1, percpu: bool = False) -> MapDecoder:
         """A decoder for a map described by ``info`` (a MapInfo); no BTF: decodes to None."""
         btf = load_btf(info.btf_id) if info.btf_id else None
-        return cls(btf, info.btf_key_type_id, info.btf_value_type_id, key_size=info.key_size,
-                   value_size=info.value_size, ncpus=ncpus, percpu=percpu)
+        return cls(
+            btf,
+            info.btf_key_type_id,
+            info.btf_value_type_id,
+            key_size=info.key_size,
+            value_size=info.value_size,
+            ncpus=ncpus,
+            percpu=percpu,
+        )
 
     @property
     def has_key_type(self) -> bool:
@@ -386,8 +445,7 @@ class MapDecoder:
 
     @property
     def value_type_name(self) -> str | None:
-        return (self.btf.type_name(self.value_type_id) if self.btf and self.value_type_id
-                else None)
+        return self.btf.type_name(self.value_type_id) if self.btf and self.value_type_id else None
 
     def decode_key(self, key: bytes | memoryview) -> Any:
         """The key as a Python value, or None when the map has no BTF key type."""
@@ -402,8 +460,9 @@ class MapDecoder:
         if not self.percpu:
             return self.btf.decode(self.value_type_id, value)
         view = memoryview(value).cast("B")
-        return [self.btf.decode(self.value_type_id, view[i * self._slot:])
-                for i in range(self.ncpus)]
+        return [
+            self.btf.decode(self.value_type_id, view[i * self._slot :]) for i in range(self.ncpus)
+        ]
 
     def decode_values(self, values: Sequence[bytes]) -> list[Any]:
         """decode_value() for each."""

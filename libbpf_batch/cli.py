@@ -39,8 +39,9 @@ DEFAULT_LISTEN = "127.0.0.1:9435"
 def parse_spec(kind: str, value: str) -> tuple[str, Any]:
     """Check a ``KIND VALUE`` map specifier; raises UsageError when it is malformed."""
     if kind not in SPEC_KINDS:
-        raise UsageError(f"bad map specifier {kind!r} {value!r}: expected 'id N', "
-                         "'pinned PATH' or 'name NAME'")
+        raise UsageError(
+            f"bad map specifier {kind!r} {value!r}: expected 'id N', 'pinned PATH' or 'name NAME'"
+        )
     if kind == "id":
         try:
             map_id = int(value, 0)
@@ -94,9 +95,16 @@ def _flags_text(flags: int) -> str:
 
 
 def _info_dict(info: MapInfo) -> dict[str, Any]:
-    return {"id": info.id, "type": info.type_name, "name": info.name,
-            "key_size": info.key_size, "value_size": info.value_size,
-            "max_entries": info.max_entries, "flags": info.map_flags, "btf_id": info.btf_id}
+    return {
+        "id": info.id,
+        "type": info.type_name,
+        "name": info.name,
+        "key_size": info.key_size,
+        "value_size": info.value_size,
+        "max_entries": info.max_entries,
+        "flags": info.map_flags,
+        "btf_id": info.btf_id,
+    }
 
 
 def _count_entries(m: Map, progress: Progress) -> int | None:
@@ -132,10 +140,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     cols = ["id", "type", "name", "key_size", "value_size", "max_entries", "flags"]
     cols += ["entries"] if args.count else []
     heads = ["ID", "TYPE", "NAME", "KEY", "VALUE", "MAX_ENTRIES", "FLAGS", "ENTRIES"]
-    table = [[("-" if r[c] is None else _flags_text(r[c]) if c == "flags" else str(r[c]))
-              for c in cols] for r in rows]
-    widths = [max([len(h)] + [len(t[i]) for t in table]) for i, h in enumerate(heads[:len(cols)])]
-    for line in [heads[:len(cols)]] + table:
+    table = [
+        [("-" if r[c] is None else _flags_text(r[c]) if c == "flags" else str(r[c])) for c in cols]
+        for r in rows
+    ]
+    widths = [max([len(h)] + [len(t[i]) for t in table]) for i, h in enumerate(heads[: len(cols)])]
+    for line in [heads[: len(cols)]] + table:
         out.write("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() + "\n")
     return 0
 
@@ -144,9 +154,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     with _map_from_args(args) as m:
         info = m.info
         data = _info_dict(info)
-        data.update(btf_key_type_id=info.btf_key_type_id,
-                    btf_value_type_id=info.btf_value_type_id, map_extra=info.map_extra,
-                    value_stride=m.value_stride, ncpus=m.ncpus)
+        data.update(
+            btf_key_type_id=info.btf_key_type_id,
+            btf_value_type_id=info.btf_value_type_id,
+            map_extra=info.map_extra,
+            value_stride=m.value_stride,
+            ncpus=m.ncpus,
+        )
         key_type = value_type = None
         if info.btf_id:
             try:
@@ -162,10 +176,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         json.dump(data, out)
         out.write("\n")
         return 0
-    out.write(f"{info.id}: {info.type_name}  name {info.name}  flags "
-              f"{_flags_text(info.map_flags)}\n")
-    out.write(f"\tkey {info.key_size}B  value {info.value_size}B  max_entries "
-              f"{info.max_entries}")
+    out.write(
+        f"{info.id}: {info.type_name}  name {info.name}  flags {_flags_text(info.map_flags)}\n"
+    )
+    out.write(f"\tkey {info.key_size}B  value {info.value_size}B  max_entries {info.max_entries}")
     if m.is_percpu:
         out.write(f"  ({m.ncpus} CPUs, {m.value_stride}B per element)")
     out.write("\n")
@@ -183,13 +197,18 @@ def cmd_show(args: argparse.Namespace) -> int:
 def _dump(args: argparse.Namespace, drain: bool) -> int:
     with _map_from_args(args) as m:
         if drain and m.type in UNDELETABLE_TYPES:
-            raise CliError(f"drain: map {m.name!r} (id {m.id}) is a {m.info.type_name}: its "
-                           "elements can't be deleted; use dump")
+            raise CliError(
+                f"drain: map {m.name!r} (id {m.id}) is a {m.info.type_name}: its "
+                "elements can't be deleted; use dump"
+            )
         f = _formatter(m, args)
         writer = Writer(args.format, f, sys.stdout)
         progress = Progress("drained" if drain else "read", args.quiet)
-        batches = (m.drain(args.batch_size, copy=False) if drain
-                   else m.batches(args.batch_size, copy=False))
+        batches = (
+            m.drain(args.batch_size, copy=False)
+            if drain
+            else m.batches(args.batch_size, copy=False)
+        )
         try:
             # the first batch before any output: a map that can't be read prints nothing
             first = next(batches, None)
@@ -222,8 +241,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
     clear = out.isatty() and not args.once and args.format == "table"
     with _map_from_args(args) as m:
         if args.drain and m.type in UNDELETABLE_TYPES:
-            raise CliError(f"watch --drain: map {m.name!r} (id {m.id}) is a "
-                           f"{m.info.type_name}: its elements can't be deleted")
+            raise CliError(
+                f"watch --drain: map {m.name!r} (id {m.id}) is a "
+                f"{m.info.type_name}: its elements can't be deleted"
+            )
         f = _formatter(m, args)
         prev: dict[bytes, dict[str, int | float]] | None = None
         last: float | None = None
@@ -234,11 +255,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 cur = read_numbers(m, f, args.drain, args.batch_size)
                 dt = None if last is None else now - last
                 rows = build_rows(cur, prev, dt, args.drain)
-                if args.field is not None and rows and not any(
-                        args.field in r["fields"] for r in rows):
+                if (
+                    args.field is not None
+                    and rows
+                    and not any(args.field in r["fields"] for r in rows)
+                ):
                     names = sorted({n for r in rows for n in r["fields"]})
-                    raise UsageError(f"--field {args.field!r}: no such numeric field; the "
-                                     f"values have {', '.join(names) or 'none'}")
+                    raise UsageError(
+                        f"--field {args.field!r}: no such numeric field; the "
+                        f"values have {', '.join(names) or 'none'}"
+                    )
                 sort_rows(rows, args.sort, args.field)
                 top = rows[: args.top]
                 if args.format == "json":
@@ -267,8 +293,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:  # lazy: prometheus_client is an extra, and only export needs it
         from . import _export
     except ImportError:
-        raise CliError("export needs prometheus_client: pip install 'libbpf-batch[prometheus]'"
-                       ) from None
+        raise CliError(
+            "export needs prometheus_client: pip install 'libbpf-batch[prometheus]'"
+        ) from None
 
     with _map_from_args(args) as m:
         f = _formatter(m, args)
@@ -281,8 +308,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise CliError(f"listen {host}:{port}: {e.strerror or e}") from None
         bound_host, bound_port = str(server.server_address[0]), server.server_address[1]
         if not args.quiet:
-            print(f"{PROG}: serving map {m.name!r} (id {m.id}) as {metric} on "
-                  f"http://{bound_host}:{bound_port}/metrics", file=sys.stderr, flush=True)
+            print(
+                f"{PROG}: serving map {m.name!r} (id {m.id}) as {metric} on "
+                f"http://{bound_host}:{bound_port}/metrics",
+                file=sys.stderr,
+                flush=True,
+            )
         _export.serve_until_stopped(server)
     return 0
 
@@ -328,26 +359,45 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser for every subcommand (bench passes its arguments through)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-q", "--quiet", action="store_true",
-                        help="no progress or status on stderr")
+    common.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress or status on stderr"
+    )
 
     map_arg = argparse.ArgumentParser(add_help=False)
-    map_arg.add_argument("map_kind", choices=SPEC_KINDS, metavar="{id,pinned,name}",
-                         help="how VALUE names the map: 'id N', 'pinned PATH' or 'name NAME'")
+    map_arg.add_argument(
+        "map_kind",
+        choices=SPEC_KINDS,
+        metavar="{id,pinned,name}",
+        help="how VALUE names the map: 'id N', 'pinned PATH' or 'name NAME'",
+    )
     map_arg.add_argument("map_value", metavar="VALUE", help="the map's id, pin path or name")
-    map_arg.add_argument("--batch-size", type=_positive_int, default=None,
-                         help="elements per batch call (default: the library's)")
+    map_arg.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="elements per batch call (default: the library's)",
+    )
 
     decode = argparse.ArgumentParser(add_help=False)
-    decode.add_argument("--key-format", type=_struct_format, metavar="FMT",
-                        help="decode keys with this struct format (e.g. '<I'); wins over BTF")
-    decode.add_argument("--value-format", type=_struct_format, metavar="FMT",
-                        help="decode values with this struct format (e.g. '<Q', '16s')")
+    decode.add_argument(
+        "--key-format",
+        type=_struct_format,
+        metavar="FMT",
+        help="decode keys with this struct format (e.g. '<I'); wins over BTF",
+    )
+    decode.add_argument(
+        "--value-format",
+        type=_struct_format,
+        metavar="FMT",
+        help="decode values with this struct format (e.g. '<Q', '16s')",
+    )
     decode.add_argument("--no-btf", action="store_true", help="don't decode with the map's BTF")
 
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Read and drain eBPF maps with libbpf's batch calls.",
-        epilog="maps are named as in bpftool: 'id 42', 'pinned /sys/fs/bpf/x', 'name counts'")
+        prog=PROG,
+        description="Read and drain eBPF maps with libbpf's batch calls.",
+        epilog="maps are named as in bpftool: 'id 42', 'pinned /sys/fs/bpf/x', 'name counts'",
+    )
     from . import __version__
 
     parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
@@ -363,40 +413,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_show)
 
-    for name, func, text in (("dump", cmd_dump, "every entry, by batch lookup"),
-                             ("drain", cmd_drain, "every entry, deleting as it reads")):
+    for name, func, text in (
+        ("dump", cmd_dump, "every entry, by batch lookup"),
+        ("drain", cmd_drain, "every entry, deleting as it reads"),
+    ):
         p = sub.add_parser(name, parents=[common, map_arg, decode], help=text)
-        p.add_argument("--format", choices=FORMATS, default="table",
-                       help="json matches bpftool -j map dump (default: table)")
+        p.add_argument(
+            "--format",
+            choices=FORMATS,
+            default="table",
+            help="json matches bpftool -j map dump (default: table)",
+        )
         p.set_defaults(func=func)
 
-    p = sub.add_parser("watch", parents=[common, map_arg, decode],
-                       help="a live view of the biggest entries and their rates")
+    p = sub.add_parser(
+        "watch",
+        parents=[common, map_arg, decode],
+        help="a live view of the biggest entries and their rates",
+    )
     p.add_argument("--interval", type=float, default=1.0, help="seconds between reads")
     p.add_argument("--top", type=int, default=20, help="entries shown (default 20)")
     p.add_argument("--sort", choices=("value", "rate", "key"), default="value")
     p.add_argument("--field", help="the numeric field to sort by (default: the first)")
-    p.add_argument("--drain", action="store_true",
-                   help="drain the map each time (values are then per-interval deltas)")
+    p.add_argument(
+        "--drain",
+        action="store_true",
+        help="drain the map each time (values are then per-interval deltas)",
+    )
     p.add_argument("--once", action="store_true", help="one read, then exit (for scripts)")
-    p.add_argument("--count", type=_positive_int, default=None, metavar="N",
-                   help="exit after N reads")
-    p.add_argument("--format", choices=("table", "json"), default="table",
-                   help="json: one object per read")
+    p.add_argument(
+        "--count", type=_positive_int, default=None, metavar="N", help="exit after N reads"
+    )
+    p.add_argument(
+        "--format", choices=("table", "json"), default="table", help="json: one object per read"
+    )
     p.set_defaults(func=cmd_watch)
 
-    p = sub.add_parser("export", parents=[common, map_arg, decode],
-                       help="serve the map to Prometheus")
-    p.add_argument("--listen", type=_parse_listen, default=DEFAULT_LISTEN, metavar="HOST:PORT",
-                   help=f"address to serve /metrics on (default {DEFAULT_LISTEN}; port 0: any)")
+    p = sub.add_parser(
+        "export", parents=[common, map_arg, decode], help="serve the map to Prometheus"
+    )
+    p.add_argument(
+        "--listen",
+        type=_parse_listen,
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"address to serve /metrics on (default {DEFAULT_LISTEN}; port 0: any)",
+    )
     p.add_argument("--metric", help="metric name (default: bpf_map_<map name>)")
     p.add_argument("--type", choices=("gauge", "counter"), default="gauge")
-    p.add_argument("--max-scrapes", type=_positive_int, default=None, metavar="N",
-                   help="exit after serving N scrapes")
+    p.add_argument(
+        "--max-scrapes",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="exit after serving N scrapes",
+    )
     p.set_defaults(func=cmd_export)
 
-    sub.add_parser("bench", add_help=False, help="the batch vs per-key benchmark "
-                   "(arguments go to libbpf_batch.bench)")
+    sub.add_parser(
+        "bench",
+        add_help=False,
+        help="the batch vs per-key benchmark (arguments go to libbpf_batch.bench)",
+    )
     return parser
 
 

@@ -33,16 +33,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         drained = sum(b.count for b in m.drain(args.batch_size, copy=False))
         batch_s = time.perf_counter() - t0
         assert drained == n and m.next_key() is None, (drained, n)
-        print(f"batch drain:   {drained:>9,} entries in {batch_s:7.3f} s "
-              f"= {drained / batch_s:>12,.0f} entries/s")
+        print(
+            f"batch drain:   {drained:>9,} entries in {batch_s:7.3f} s "
+            f"= {drained / batch_s:>12,.0f} entries/s"
+        )
 
         _fill(m, n)
         t0 = time.perf_counter()
         drained = sum(b.count for b in per_key_batches(m, delete=True, batch_size=4096))
         key_s = time.perf_counter() - t0
         assert drained == n and m.next_key() is None, (drained, n)
-        print(f"per-key drain: {drained:>9,} entries in {key_s:7.3f} s "
-              f"= {drained / key_s:>12,.0f} entries/s")
+        print(
+            f"per-key drain: {drained:>9,} entries in {key_s:7.3f} s "
+            f"= {drained / key_s:>12,.0f} entries/s"
+        )
         print(f"speed-up: {key_s / batch_s:.1f}x")
     return 0
 

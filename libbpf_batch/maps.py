@@ -98,8 +98,14 @@ class MapFlags(enum.IntFlag):
     INNER_MAP = lib.BPF_F_INNER_MAP
 
 
-PERCPU_TYPES = frozenset({MapType.PERCPU_HASH, MapType.LRU_PERCPU_HASH, MapType.PERCPU_ARRAY,
-                          MapType.PERCPU_CGROUP_STORAGE})
+PERCPU_TYPES = frozenset(
+    {
+        MapType.PERCPU_HASH,
+        MapType.LRU_PERCPU_HASH,
+        MapType.PERCPU_ARRAY,
+        MapType.PERCPU_CGROUP_STORAGE,
+    }
+)
 MAP_OF_MAPS_TYPES = frozenset({MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS})
 # Plain arrays have no delete at all (arraymap.c), so they can't be drained.
 UNDELETABLE_TYPES = frozenset({MapType.ARRAY, MapType.PERCPU_ARRAY})
@@ -162,10 +168,17 @@ def map_info(fd: int) -> MapInfo:
     except ValueError:
         map_type = info.type
     return MapInfo(
-        id=info.id, name=ffi.string(info.name).decode(errors="replace"), type=map_type,
-        key_size=info.key_size, value_size=info.value_size, max_entries=info.max_entries,
-        map_flags=info.map_flags, btf_id=info.btf_id, btf_key_type_id=info.btf_key_type_id,
-        btf_value_type_id=info.btf_value_type_id, map_extra=info.map_extra,
+        id=info.id,
+        name=ffi.string(info.name).decode(errors="replace"),
+        type=map_type,
+        key_size=info.key_size,
+        value_size=info.value_size,
+        max_entries=info.max_entries,
+        map_flags=info.map_flags,
+        btf_id=info.btf_id,
+        btf_key_type_id=info.btf_key_type_id,
+        btf_value_type_id=info.btf_value_type_id,
+        map_extra=info.map_extra,
         ifindex=info.ifindex,
     )
 
@@ -224,16 +237,27 @@ class Map:
             raise
         self.ncpus = possible_cpus() if self.info.type in PERCPU_TYPES else 1
         # bpf_map_value_size(): per-CPU values are round_up(value_size, 8) per possible CPU
-        self.value_stride = (((self.info.value_size + 7) & ~7) * self.ncpus if self.is_percpu
-                             else self.info.value_size)
+        self.value_stride = (
+            ((self.info.value_size + 7) & ~7) * self.ncpus
+            if self.is_percpu
+            else self.info.value_size
+        )
         self._where = f"map {self.info.name!r} (id {self.info.id})"
 
     # -- constructors ------------------------------------------------------------------
     @classmethod
     def create(
-        cls, map_type: MapType | int, key_size: int, value_size: int, max_entries: int,
-        name: str | None = None, flags: int = 0, inner_map: Map | int | None = None, *,
-        numa_node: int | None = None, map_extra: int = 0,
+        cls,
+        map_type: MapType | int,
+        key_size: int,
+        value_size: int,
+        max_entries: int,
+        name: str | None = None,
+        flags: int = 0,
+        inner_map: Map | int | None = None,
+        *,
+        numa_node: int | None = None,
+        map_extra: int = 0,
     ) -> Map:
         """Create a map (bpf_map_create). LPM_TRIE always gets NO_PREALLOC, which it requires.
 
@@ -241,8 +265,11 @@ class Map:
         """
         map_type = MapType(map_type)
         raw_name = _check_name(name)
-        for what, v in (("key_size", key_size), ("value_size", value_size),
-                        ("max_entries", max_entries)):
+        for what, v in (
+            ("key_size", key_size),
+            ("value_size", value_size),
+            ("max_entries", max_entries),
+        ):
             if not isinstance(v, int) or not 0 <= v < 2**32:
                 raise ValueError(f"create: {what} must be an int in [0, 2**32), got {v!r}")
         if map_type in MAP_OF_MAPS_TYPES and inner_map is None:
@@ -265,11 +292,13 @@ class Map:
             opts.numa_node = numa_node
             opts.map_flags |= MapFlags.NUMA_NODE
         try:
-            fd = _bindings.bpf_map_create(int(map_type), raw_name, key_size, value_size,
-                                          max_entries, opts)
+            fd = _bindings.bpf_map_create(
+                int(map_type), raw_name, key_size, value_size, max_entries, opts
+            )
         except BpfError as e:
-            raise error_from_errno(e.errno, "bpf_map_create",
-                                   f"{map_type.name} {name or ''!r}") from None
+            raise error_from_errno(
+                e.errno, "bpf_map_create", f"{map_type.name} {name or ''!r}"
+            ) from None
         return cls(fd)
 
     @classmethod
@@ -341,9 +370,11 @@ class Map:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"
-        return (f"<Map {self.info.type_name} {self.info.name!r} id={self.info.id} {state} "
-                f"key_size={self.key_size} value_size={self.value_size} "
-                f"max_entries={self.max_entries}>")
+        return (
+            f"<Map {self.info.type_name} {self.info.name!r} id={self.info.id} {state} "
+            f"key_size={self.key_size} value_size={self.value_size} "
+            f"max_entries={self.max_entries}>"
+        )
 
     # -- attributes --------------------------------------------------------------------
     @property
@@ -409,15 +440,18 @@ class Map:
     def _check_deletable(self, op: str) -> None:
         if self.info.type in UNDELETABLE_TYPES:
             raise BatchNotSupportedError(
-                ENOTSUPP, f"{op}: {self._where}: {self.info.type_name} elements can't be "
-                "deleted, so it can't be drained; read it with items() or batches()")
+                ENOTSUPP,
+                f"{op}: {self._where}: {self.info.type_name} elements can't be "
+                "deleted, so it can't be drained; read it with items() or batches()",
+            )
 
     def _batch_capacity(self, batch_size: int | None, op: str) -> int:
         if batch_size is None:
             return max(1, min(DEFAULT_BATCH_SIZE, self.max_entries))
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
-            raise ValueError(f"{op}: {self._where}: batch_size must be a positive int, "
-                             f"got {batch_size!r}")
+            raise ValueError(
+                f"{op}: {self._where}: batch_size must be a positive int, got {batch_size!r}"
+            )
         # A batch never holds more than max_entries elements; a larger buffer only wastes.
         return max(1, min(batch_size, self.max_entries))
 
@@ -425,28 +459,40 @@ class Map:
         try:
             buf = ffi.from_buffer(key)
         except TypeError:
-            raise TypeError(f"{op}: {self._where}: key must be bytes-like, not "
-                            f"{type(key).__name__}") from None
+            raise TypeError(
+                f"{op}: {self._where}: key must be bytes-like, not {type(key).__name__}"
+            ) from None
         if len(buf) != self.info.key_size:
-            raise ValueError(f"{op}: {self._where}: key is {len(buf)} bytes, the map's "
-                             f"key_size is {self.info.key_size}")
+            raise ValueError(
+                f"{op}: {self._where}: key is {len(buf)} bytes, the map's "
+                f"key_size is {self.info.key_size}"
+            )
         return buf
 
     def _value(self, value: BytesLike | Map | int, op: str) -> Any:
         if self.info.type in MAP_OF_MAPS_TYPES and isinstance(value, (Map, int)):
-            fd = value.fd if isinstance(value, Map) else check_uint(
-                value, "inner map fd", 31, f"{op}: {self._where}")  # cffi: OverflowError
+            fd = (
+                value.fd
+                if isinstance(value, Map)
+                else check_uint(value, "inner map fd", 31, f"{op}: {self._where}")
+            )  # cffi: OverflowError
             return ffi.new("__u32 *", fd)
         try:
             buf = ffi.from_buffer(value)
         except TypeError:
-            raise TypeError(f"{op}: {self._where}: value must be bytes-like, not "
-                            f"{type(value).__name__}") from None
+            raise TypeError(
+                f"{op}: {self._where}: value must be bytes-like, not {type(value).__name__}"
+            ) from None
         if len(buf) != self.value_stride:
-            raise ValueError(f"{op}: {self._where}: value is {len(buf)} bytes, expected "
-                             f"{self.value_stride}" + (
-                                 f" (round_up({self.value_size}, 8) x {self.ncpus} CPUs)"
-                                 if self.is_percpu else ""))
+            raise ValueError(
+                f"{op}: {self._where}: value is {len(buf)} bytes, expected "
+                f"{self.value_stride}"
+                + (
+                    f" (round_up({self.value_size}, 8) x {self.ncpus} CPUs)"
+                    if self.is_percpu
+                    else ""
+                )
+            )
         return buf
 
     # -- one key, one syscall ----------------------------------------------------------
@@ -514,8 +560,9 @@ class Map:
         return self.lookup(key) is not None
 
     # -- one batch, one syscall --------------------------------------------------------
-    def lookup_batch(self, count: int, cursor: bytes | None = None, *, elem_flags: int = 0,
-                     flags: int = 0) -> Batch:
+    def lookup_batch(
+        self, count: int, cursor: bytes | None = None, *, elem_flags: int = 0, flags: int = 0
+    ) -> Batch:
         """Up to ``count`` elements from ``cursor`` (None: the start) in one call.
 
         A batch may be short without being the last (hash maps return whole buckets);
@@ -524,24 +571,28 @@ class Map:
         """
         return self._one_batch(False, count, cursor, elem_flags, flags)
 
-    def lookup_and_delete_batch(self, count: int, cursor: bytes | None = None, *,
-                                elem_flags: int = 0, flags: int = 0) -> Batch:
+    def lookup_and_delete_batch(
+        self, count: int, cursor: bytes | None = None, *, elem_flags: int = 0, flags: int = 0
+    ) -> Batch:
         """Like lookup_batch(), deleting what it returns (hash-family maps only).
 
         If the kernel fails after deleting elements, the error's ``batch`` holds them.
         """
         return self._one_batch(True, count, cursor, elem_flags, flags)
 
-    def _one_batch(self, delete: bool, count: int, cursor: bytes | None, elem_flags: int,
-                   flags: int) -> Batch:
+    def _one_batch(
+        self, delete: bool, count: int, cursor: bytes | None, elem_flags: int, flags: int
+    ) -> Batch:
         op = "bpf_map_lookup_and_delete_batch" if delete else "bpf_map_lookup_batch"
-        call = (_bindings.bpf_map_lookup_and_delete_batch if delete
-                else _bindings.bpf_map_lookup_batch)
+        call = (
+            _bindings.bpf_map_lookup_and_delete_batch if delete else _bindings.bpf_map_lookup_batch
+        )
         fd = self._checked_fd(op)
         if not isinstance(count, int) or isinstance(count, bool) or not 0 < count < 2**32:
             # count 0 would "succeed" with nothing read (hashtab.c), hiding a caller's bug
-            raise ValueError(f"{op}: {self._where}: count must be an int in [1, 2**32), "
-                             f"got {count!r}")
+            raise ValueError(
+                f"{op}: {self._where}: count must be an int in [1, 2**32), got {count!r}"
+            )
         capacity = min(count, max(self.max_entries, 1))
         cursor_size = max(4, self.key_size)  # hash maps keep a u32 bucket index
         out = ffi.new("char[]", cursor_size)
@@ -550,11 +601,15 @@ class Map:
             try:
                 c = ffi.from_buffer(cursor)
             except TypeError:
-                raise TypeError(f"{op}: {self._where}: cursor must be bytes-like (a "
-                                f"Batch.cursor), not {type(cursor).__name__}") from None
+                raise TypeError(
+                    f"{op}: {self._where}: cursor must be bytes-like (a "
+                    f"Batch.cursor), not {type(cursor).__name__}"
+                ) from None
             if len(c) != cursor_size:
-                raise ValueError(f"{op}: {self._where}: cursor is {len(c)} bytes, expected "
-                                 f"{cursor_size} (pass Batch.cursor back unchanged)")
+                raise ValueError(
+                    f"{op}: {self._where}: cursor is {len(c)} bytes, expected "
+                    f"{cursor_size} (pass Batch.cursor back unchanged)"
+                )
             ffi.memmove(out, c, cursor_size)
             in_batch = out
         keys = ffi.new("char[]", capacity * self.key_size)
@@ -564,9 +619,17 @@ class Map:
 
         def batch(done: bool) -> Batch:
             k = n[0]
-            return Batch(k, ffi.buffer(keys, k * self.key_size)[:],
-                         ffi.buffer(values, k * self.value_stride)[:], ffi.buffer(out)[:],
-                         done, self.key_size, self.value_size, self.value_stride, self.ncpus)
+            return Batch(
+                k,
+                ffi.buffer(keys, k * self.key_size)[:],
+                ffi.buffer(values, k * self.value_stride)[:],
+                ffi.buffer(out)[:],
+                done,
+                self.key_size,
+                self.value_size,
+                self.value_stride,
+                self.ncpus,
+            )
 
         try:
             done = call(fd, in_batch, out, keys, values, n, opts)
@@ -577,9 +640,14 @@ class Map:
             raise err from None
         return batch(done)
 
-    def update_batch(self, keys: BufferLike | Sequence[BufferLike],
-                     values: BufferLike | Sequence[BufferLike], *, elem_flags: int = 0,
-                     flags: int = 0) -> int:
+    def update_batch(
+        self,
+        keys: BufferLike | Sequence[BufferLike],
+        values: BufferLike | Sequence[BufferLike],
+        *,
+        elem_flags: int = 0,
+        flags: int = 0,
+    ) -> int:
         """Set many elements in one call; returns how many were applied (all of them).
 
         ``keys`` is one buffer of n*key_size bytes or a sequence of keys; ``values`` likewise
@@ -608,8 +676,9 @@ class Map:
             raise err from None
         return nk
 
-    def delete_batch(self, keys: BufferLike | Sequence[BufferLike], *, elem_flags: int = 0,
-                     flags: int = 0) -> int:
+    def delete_batch(
+        self, keys: BufferLike | Sequence[BufferLike], *, elem_flags: int = 0, flags: int = 0
+    ) -> int:
         """Delete many keys; returns how many were deleted. Missing keys are skipped.
 
         The kernel stops at the first missing key (ENOENT); this goes on after it, so one
@@ -643,8 +712,14 @@ class Map:
         return deleted
 
     # -- whole map, batch by batch -----------------------------------------------------
-    def batches(self, batch_size: int | None = None, *, elem_flags: int = 0, flags: int = 0,
-                copy: bool = True) -> Iterator[Batch]:
+    def batches(
+        self,
+        batch_size: int | None = None,
+        *,
+        elem_flags: int = 0,
+        flags: int = 0,
+        copy: bool = True,
+    ) -> Iterator[Batch]:
         """Yield the map's elements batch by batch (lookup only).
 
         Batches may be short without being the last; the walk ends after the batch with
@@ -661,18 +736,26 @@ class Map:
         returns each index once; an LPM trie whose cursor key is deleted restarts from its
         first key, so keys may repeat.
         """
-        return lookup_batches(self, delete=False, batch_size=batch_size,
-                              elem_flags=elem_flags, flags=flags, copy=copy)
+        return lookup_batches(
+            self, delete=False, batch_size=batch_size, elem_flags=elem_flags, flags=flags, copy=copy
+        )
 
-    def drain(self, batch_size: int | None = None, *, elem_flags: int = 0, flags: int = 0,
-              copy: bool = True) -> Iterator[Batch]:
+    def drain(
+        self,
+        batch_size: int | None = None,
+        *,
+        elem_flags: int = 0,
+        flags: int = 0,
+        copy: bool = True,
+    ) -> Iterator[Batch]:
         """Yield the map's elements batch by batch, deleting each batch as it is read.
 
         Every element is delivered exactly once; inserts made meanwhile into buckets already
         drained stay in the map. Stopping early leaves the rest in the map.
         """
-        return lookup_batches(self, delete=True, batch_size=batch_size,
-                              elem_flags=elem_flags, flags=flags, copy=copy)
+        return lookup_batches(
+            self, delete=True, batch_size=batch_size, elem_flags=elem_flags, flags=flags, copy=copy
+        )
 
     # items/keys/values/drain_items chain each batch's C-level iterator (Batch.__iter__) so
     # no Python frame runs per element; a batch's iterator is used up before the next batch
@@ -684,12 +767,14 @@ class Map:
     def keys(self, batch_size: int | None = None) -> Iterator[bytes]:
         """Every key, read in batches."""
         return itertools.chain.from_iterable(
-            map(Batch.key_list, self.batches(batch_size, copy=False)))
+            map(Batch.key_list, self.batches(batch_size, copy=False))
+        )
 
     def values(self, batch_size: int | None = None) -> Iterator[bytes]:
         """Every value, read in batches."""
         return itertools.chain.from_iterable(
-            map(Batch.value_list, self.batches(batch_size, copy=False)))
+            map(Batch.value_list, self.batches(batch_size, copy=False))
+        )
 
     def drain_items(self, batch_size: int | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Every ``(key, value)``, deleting as it reads (see drain()).

@@ -100,18 +100,22 @@ class BpfObject:
     def _map_handle(self, name: str) -> Any:
         try:
             return _bindings.bpf_object__find_map_by_name(
-                self._obj("bpf_object__find_map_by_name"), name.encode())
+                self._obj("bpf_object__find_map_by_name"), name.encode()
+            )
         except BpfError as e:
-            raise _again(e, "bpf_object__find_map_by_name",
-                                   f"{self.path!r}: map {name!r}") from None
+            raise _again(
+                e, "bpf_object__find_map_by_name", f"{self.path!r}: map {name!r}"
+            ) from None
 
     def _program_handle(self, name: str) -> Any:
         try:
             return _bindings.bpf_object__find_program_by_name(
-                self._obj("bpf_object__find_program_by_name"), name.encode())
+                self._obj("bpf_object__find_program_by_name"), name.encode()
+            )
         except BpfError as e:
-            raise _again(e, "bpf_object__find_program_by_name",
-                                   f"{self.path!r}: program {name!r}") from None
+            raise _again(
+                e, "bpf_object__find_program_by_name", f"{self.path!r}: program {name!r}"
+            ) from None
 
     def map(self, name: str) -> Map:
         """The loaded map ``name`` (as in the C source; '.bss' etc. for global data).
@@ -135,8 +139,7 @@ class BpfObject:
         try:
             handle = _bindings.bpf_program__attach(self._program_handle(name))
         except BpfError as e:
-            raise _again(e, "bpf_program__attach",
-                                   f"{self.path!r}: program {name!r}") from None
+            raise _again(e, "bpf_program__attach", f"{self.path!r}: program {name!r}") from None
         link = Link(handle, name)
         self._links.append(link)
         return link

@@ -88,8 +88,13 @@ def make_map(bpf: None) -> Iterator[Callable[..., Map]]:
     """Map.create(...) that closes every map it made when the test ends."""
     made: list[Map] = []
 
-    def make(map_type: MapType, key_size: int = 4, value_size: int = 8,
-             max_entries: int = 1024, **kw: object) -> Map:
+    def make(
+        map_type: MapType,
+        key_size: int = 4,
+        value_size: int = 8,
+        max_entries: int = 1024,
+        **kw: object,
+    ) -> Map:
         try:
             m = Map.create(map_type, key_size, value_size, max_entries, **kw)  # type: ignore[arg-type]
         except BatchNotSupportedError as e:
@@ -122,11 +127,17 @@ def fill(m: Map, n: int, value: Callable[[int], bytes] | None = None) -> dict[by
     """
     ks = m.key_size
     if value is None:
+
         def value(i: int) -> bytes:
-            slot = (i + 1).to_bytes(8, "little")[: m.value_size].ljust((m.value_size + 7) & ~7,
-                                                                       b"\0")
-            return slot * m.ncpus if m.is_percpu else (i + 1).to_bytes(8, "little")[
-                : m.value_size].ljust(m.value_size, b"\0")
+            slot = (
+                (i + 1).to_bytes(8, "little")[: m.value_size].ljust((m.value_size + 7) & ~7, b"\0")
+            )
+            return (
+                slot * m.ncpus
+                if m.is_percpu
+                else (i + 1).to_bytes(8, "little")[: m.value_size].ljust(m.value_size, b"\0")
+            )
+
     expected = {i.to_bytes(ks, "little"): value(i) for i in range(n)}
     if expected:
         m.update_batch(list(expected), list(expected.values()))
@@ -134,8 +145,13 @@ def fill(m: Map, n: int, value: Callable[[int], bytes] | None = None) -> dict[by
 
 
 # -- every map type the core covers, filled with distinct keys and values --------------------
-COVERED_TYPES = HASH_TYPES + [MapType.ARRAY, MapType.PERCPU_ARRAY, MapType.LPM_TRIE,
-                              MapType.HASH_OF_MAPS, MapType.ARRAY_OF_MAPS]
+COVERED_TYPES = HASH_TYPES + [
+    MapType.ARRAY,
+    MapType.PERCPU_ARRAY,
+    MapType.LPM_TRIE,
+    MapType.HASH_OF_MAPS,
+    MapType.ARRAY_OF_MAPS,
+]
 ARRAY_TYPES = [MapType.ARRAY, MapType.PERCPU_ARRAY]
 MAP_OF_MAPS_TYPES = [MapType.HASH_OF_MAPS, MapType.ARRAY_OF_MAPS]
 
@@ -160,6 +176,7 @@ def lru_room(map_type: MapType, n: int) -> int:
     if map_type not in (MapType.LRU_HASH, MapType.LRU_PERCPU_HASH):
         return 0
     from libbpf_batch import possible_cpus
+
     return n + 128 * (possible_cpus() + 1)
 
 
@@ -196,8 +213,10 @@ def make_filled(make_map: Callable[..., Map]) -> Callable[..., tuple[Map, dict[b
     room to spare (an LRU map near full evicts). Map-of-maps hold n inner HASH maps, written
     by fd, read back as their ids.
     """
-    def make(map_type: MapType, n: int, max_entries: int | None = None) -> tuple[Map,
-                                                                            dict[bytes, bytes]]:
+
+    def make(
+        map_type: MapType, n: int, max_entries: int | None = None
+    ) -> tuple[Map, dict[bytes, bytes]]:
         if max_entries is None:
             fixed = map_type in ARRAY_TYPES or map_type == MapType.ARRAY_OF_MAPS
             max_entries = n if fixed else max(4 * n, 64, lru_room(map_type, n))

@@ -16,8 +16,17 @@ from conftest import skip_or_fail
 
 from libbpf_batch import Map, MapType, bench
 
-TINY = ["--entries", "1500", "--reps", "2", "--batch-size", "256", "--sweep", "64,1024",
-        "--no-progress"]
+TINY = [
+    "--entries",
+    "1500",
+    "--reps",
+    "2",
+    "--batch-size",
+    "256",
+    "--sweep",
+    "64,1024",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +44,8 @@ def run(tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any]]:
 
 
 def test_quick_run_checks_every_scenario_and_writes_its_json(
-        bpf: None, c_binary: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bpf: None, c_binary: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rc, report = run(tmp_path)
     assert rc == 0
     assert report["c_reference"] is True and report["c_note"] == ""
@@ -50,8 +60,16 @@ def test_quick_run_checks_every_scenario_and_writes_its_json(
     numpy_rows = ["py_numpy"] if report["numpy"] else []
     for shape in shapes:
         for op in ("lookup", "drain"):
-            for impl in ["c_batch", "c_key", "py_key", "py_view", "py_copy", "py_pairs",
-                         "py_unpack", *numpy_rows]:
+            for impl in [
+                "c_batch",
+                "c_key",
+                "py_key",
+                "py_view",
+                "py_copy",
+                "py_pairs",
+                "py_unpack",
+                *numpy_rows,
+            ]:
                 assert (shape, op, impl) in impls
         assert (shape, "drain", "py_key_lib") in impls
         for impl in ("c_batch", "c_key", "py_key", "py_batch"):
@@ -70,13 +88,15 @@ def test_quick_run_checks_every_scenario_and_writes_its_json(
     assert all(r["tracemalloc_peak_bytes"] is not None for r in drains)
     sweep = [r for r in rows if r["sweep"]]
     assert {(r["impl"], r["batch_size"]) for r in sweep} == {
-        (impl, size) for impl in ("c_batch", "py_view") for size in (64, 1024)}
+        (impl, size) for impl in ("c_batch", "py_view") for size in (64, 1024)
+    }
     text = capsys.readouterr().out
     assert "hash 4/8, 1,500 entries" in text and "C batch" in text
 
 
 def test_targets_are_reported_for_the_target_map(
-        bpf: None, c_binary: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bpf: None, c_binary: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(bench, "TARGET_ENTRIES", 1500)
     rc, report = run(tmp_path, "--shapes", "hash:4:8", "--batch-size", "4096", "--sweep", "")
     assert rc == 0
@@ -88,11 +108,12 @@ def test_targets_are_reported_for_the_target_map(
 
 
 def test_python_only_when_the_c_source_is_not_there(
-        bpf: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    bpf: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(bench, "C_SOURCE", tmp_path / "missing" / "c_drain.c")
-    rc, report = run(tmp_path, "--shapes", "hash:4:8", "--per-key-reps", "0", "--sweep", "",
-                     "--no-tracemalloc")
+    rc, report = run(
+        tmp_path, "--shapes", "hash:4:8", "--per-key-reps", "0", "--sweep", "", "--no-tracemalloc"
+    )
     assert rc == 0
     assert report["c_reference"] is False
     assert "c_drain.c is not here" in report["c_note"]
@@ -102,8 +123,8 @@ def test_python_only_when_the_c_source_is_not_there(
 
 
 def test_a_consumer_that_loses_elements_fails_loudly(
-        bpf: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    bpf: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     real = bench.consume_batches
 
     def lossy(w: bench.Workload, batches: Iterable[Any]) -> bench.Sums:
@@ -142,26 +163,55 @@ def test_the_workload_writes_the_pattern_the_c_program_checks(bpf: None) -> None
         for i in range(10):
             value = m.lookup(i.to_bytes(4, "little"))
             assert value is not None
-            assert [int.from_bytes(value[c * slot:c * slot + 4], "little")
-                    for c in range(m.ncpus)] == [i + 1 + c for c in range(m.ncpus)]
+            assert [
+                int.from_bytes(value[c * slot : c * slot + 4], "little") for c in range(m.ncpus)
+            ] == [i + 1 + c for c in range(m.ncpus)]
 
 
 def test_c_program_checks_itself_and_prints_json(c_binary: Path, bpf: None) -> None:
-    done = subprocess.run([str(c_binary), "--type", "percpu_hash", "--key-size", "4",
-                           "--value-size", "4", "--entries", "700", "--reps", "2",
-                           "--batch-size", "64"], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [
+            str(c_binary),
+            "--type",
+            "percpu_hash",
+            "--key-size",
+            "4",
+            "--value-size",
+            "4",
+            "--entries",
+            "700",
+            "--reps",
+            "2",
+            "--batch-size",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     out = json.loads(done.stdout)
     assert out["checked"] is True and out["entries"] == 700 and out["reps"] == 2
-    assert set(out["scenarios"]) == {"fill_batch", "fill_key", "lookup_batch", "lookup_key",
-                                     "drain_batch", "drain_key"}
+    assert set(out["scenarios"]) == {
+        "fill_batch",
+        "fill_key",
+        "lookup_batch",
+        "lookup_key",
+        "drain_batch",
+        "drain_key",
+    }
     assert all(len(s["ns_per_entry"]) == 2 for s in out["scenarios"].values())
 
 
 def test_c_program_refuses_a_map_that_is_not_empty(c_binary: Path, bpf: None) -> None:
     with Map.create(MapType.HASH, 4, 8, 10) as m:
         m.update((1).to_bytes(4, "little"), (2).to_bytes(8, "little"))
-        done = subprocess.run([str(c_binary), "--fd", str(m.fd)], pass_fds=(m.fd,),
-                              capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            [str(c_binary), "--fd", str(m.fd)],
+            pass_fds=(m.fd,),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     assert done.returncode == 1
     assert "must be empty" in done.stderr
 
@@ -173,9 +223,16 @@ def test_c_reference_leaves_the_shared_map_empty(c_binary: Path, bpf: None) -> N
         assert m.next_key() is None
 
 
-@pytest.mark.parametrize("argv", [["--shapes", "array:4:8"], ["--shapes", "hash:4"],
-                                  ["--shapes", "hash:6:8"], ["--entries", "0"],
-                                  ["--reps", "0"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--shapes", "array:4:8"],
+        ["--shapes", "hash:4"],
+        ["--shapes", "hash:6:8"],
+        ["--entries", "0"],
+        ["--reps", "0"],
+    ],
+)
 def test_bad_arguments_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as e:
         bench.main(argv)

@@ -105,7 +105,11 @@ def test_map_create_returns_an_fd_the_info_describes(bpf: None) -> None:
         size = counter(ffi.sizeof("struct bpf_map_info"))
         _bindings.bpf_obj_get_info_by_fd(fd, info, size)
         assert (info.type, info.key_size, info.value_size, info.max_entries) == (
-            lib.BPF_MAP_TYPE_HASH, 4, 8, 32)
+            lib.BPF_MAP_TYPE_HASH,
+            4,
+            8,
+            32,
+        )
         assert ffi.string(info.name) == b"bind_create"
         assert info.id > 0
         assert 0 < size[0] <= ffi.sizeof("struct bpf_map_info")
@@ -113,9 +117,11 @@ def test_map_create_returns_an_fd_the_info_describes(bpf: None) -> None:
         os.close(fd)
 
 
-@pytest.mark.parametrize(("map_type", "key_size"), [(lib.BPF_MAP_TYPE_UNSPEC, 4),
-                                                    (lib.BPF_MAP_TYPE_HASH, 0)],
-                         ids=["unspec-type", "zero-key-size"])
+@pytest.mark.parametrize(
+    ("map_type", "key_size"),
+    [(lib.BPF_MAP_TYPE_UNSPEC, 4), (lib.BPF_MAP_TYPE_HASH, 0)],
+    ids=["unspec-type", "zero-key-size"],
+)
 def test_map_create_refused_is_einval(bpf: None, map_type: int, key_size: int) -> None:
     with pytest.raises(BpfError) as info:
         _bindings.bpf_map_create(map_type, b"", key_size, 4, 4)
@@ -231,7 +237,7 @@ def test_lookup_batch_at_end_is_true_with_the_count_set(hash3: Map) -> None:
     done = _bindings.bpf_map_lookup_batch(hash3.fd, _bindings.NULL, cursor, keys, values, count)
     assert done is True
     assert count[0] == 3
-    got = {raw(keys)[4 * i:4 * i + 4]: raw(values)[8 * i:8 * i + 8] for i in range(3)}
+    got = {raw(keys)[4 * i : 4 * i + 4]: raw(values)[8 * i : 8 * i + 8] for i in range(3)}
     assert got == {u32(1): u64(10), u32(2): u64(20), u32(3): u64(30)}
     assert len(contents(hash3)) == 3  # lookup only
 
@@ -247,8 +253,9 @@ def test_lookup_batch_past_the_end_is_true_with_count_zero(hash3: Map) -> None:
 def test_lookup_batch_not_at_end_is_false(make_map: MakeMap) -> None:
     m = make_map(MapType.ARRAY, 4, 8, 10)
     keys, values, cursor, count = out(4 * 4), out(8 * 4), out(4), counter(4)
-    assert _bindings.bpf_map_lookup_batch(m.fd, _bindings.NULL, cursor, keys, values,
-                                          count) is False
+    assert (
+        _bindings.bpf_map_lookup_batch(m.fd, _bindings.NULL, cursor, keys, values, count) is False
+    )
     assert count[0] == 4
     assert raw(keys) == u32(0) + u32(1) + u32(2) + u32(3)
     assert raw(cursor) == u32(3)  # generic maps: the last key returned
@@ -256,19 +263,21 @@ def test_lookup_batch_not_at_end_is_false(make_map: MakeMap) -> None:
 
 def test_lookup_and_delete_batch_at_end_returns_and_deletes(hash3: Map) -> None:
     keys, values, cursor, count = out(4 * 16), out(8 * 16), out(4), counter(16)
-    done = _bindings.bpf_map_lookup_and_delete_batch(hash3.fd, _bindings.NULL, cursor, keys,
-                                                     values, count)
+    done = _bindings.bpf_map_lookup_and_delete_batch(
+        hash3.fd, _bindings.NULL, cursor, keys, values, count
+    )
     assert done is True
     assert count[0] == 3
-    assert sorted(raw(keys)[4 * i:4 * i + 4] for i in range(3)) == [u32(1), u32(2), u32(3)]
+    assert sorted(raw(keys)[4 * i : 4 * i + 4] for i in range(3)) == [u32(1), u32(2), u32(3)]
     assert contents(hash3) == {}
 
 
 def test_lookup_batch_count_zero_silently_reads_nothing(hash3: Map) -> None:
     # Why the façade refuses count 0: the kernel "succeeds" without reading (hashtab.c).
     keys, values, cursor, count = out(4 * 4), out(8 * 4), buf(b"\xee" * 4), counter(0)
-    done = _bindings.bpf_map_lookup_and_delete_batch(hash3.fd, _bindings.NULL, cursor, keys,
-                                                     values, count)
+    done = _bindings.bpf_map_lookup_and_delete_batch(
+        hash3.fd, _bindings.NULL, cursor, keys, values, count
+    )
     assert done is False
     assert count[0] == 0
     assert raw(cursor) == b"\xee" * 4
@@ -278,21 +287,25 @@ def test_lookup_batch_count_zero_silently_reads_nothing(hash3: Map) -> None:
 def test_lookup_batch_with_flags_on_a_hash_is_einval(hash3: Map) -> None:
     keys, values, cursor, count = out(4 * 4), out(8 * 4), out(4), counter(4)
     with pytest.raises(BpfError) as info:
-        _bindings.bpf_map_lookup_batch(hash3.fd, _bindings.NULL, cursor, keys, values, count,
-                                       batch_opts(0, 1))
+        _bindings.bpf_map_lookup_batch(
+            hash3.fd, _bindings.NULL, cursor, keys, values, count, batch_opts(0, 1)
+        )
     assert info.value.errno == errno.EINVAL
     assert info.value.op == "bpf_map_lookup_batch"
 
 
-@pytest.mark.parametrize("map_type", [MapType.ARRAY, MapType.PERCPU_ARRAY],
-                         ids=lambda t: t.name.lower())
-def test_lookup_and_delete_batch_on_an_array_is_enotsupp(make_map: MakeMap,
-                                                         map_type: MapType) -> None:
+@pytest.mark.parametrize(
+    "map_type", [MapType.ARRAY, MapType.PERCPU_ARRAY], ids=lambda t: t.name.lower()
+)
+def test_lookup_and_delete_batch_on_an_array_is_enotsupp(
+    make_map: MakeMap, map_type: MapType
+) -> None:
     m = make_map(map_type, 4, 8, 4)
     keys, values, cursor = out(4 * 4), out(m.value_stride * 4), out(4)
     with pytest.raises(BatchNotSupportedError) as info:
-        _bindings.bpf_map_lookup_and_delete_batch(m.fd, _bindings.NULL, cursor, keys, values,
-                                                  counter(4))
+        _bindings.bpf_map_lookup_and_delete_batch(
+            m.fd, _bindings.NULL, cursor, keys, values, counter(4)
+        )
     assert info.value.errno == ENOTSUPP == 524
     assert "Unknown error" not in str(info.value)
     assert "bpf_map_lookup_and_delete_batch" in str(info.value)
@@ -309,8 +322,9 @@ def test_delete_batch_on_an_array_is_enotsupp(make_map: MakeMap) -> None:
 def test_update_batch_applies_every_element(make_map: MakeMap) -> None:
     m = make_map(MapType.HASH, 4, 8, 8)
     count = counter(3)
-    _bindings.bpf_map_update_batch(m.fd, buf(u32(1) + u32(2) + u32(3)),
-                                   buf(u64(5) + u64(6) + u64(7)), count)
+    _bindings.bpf_map_update_batch(
+        m.fd, buf(u32(1) + u32(2) + u32(3)), buf(u64(5) + u64(6) + u64(7)), count
+    )
     assert count[0] == 3
     assert contents(m) == {u32(1): u64(5), u32(2): u64(6), u32(3): u64(7)}
 
@@ -319,8 +333,9 @@ def test_update_batch_failing_midway_counts_what_it_applied(make_map: MakeMap) -
     m = make_map(MapType.HASH, 4, 8, 2)  # room for two: the third is E2BIG
     count = counter(3)
     with pytest.raises(BpfError) as info:
-        _bindings.bpf_map_update_batch(m.fd, buf(u32(1) + u32(2) + u32(3)),
-                                       buf(u64(5) + u64(6) + u64(7)), count)
+        _bindings.bpf_map_update_batch(
+            m.fd, buf(u32(1) + u32(2) + u32(3)), buf(u64(5) + u64(6) + u64(7)), count
+        )
     assert info.value.errno == errno.E2BIG
     assert count[0] == 2
     assert contents(m) == {u32(1): u64(5), u32(2): u64(6)}

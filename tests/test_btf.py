@@ -23,18 +23,50 @@ BITS = BITS_A | BITS_B << 3 | (BITS_C & 0x3F) << 8 | BITS_REST << 14
 
 
 def sample(name: bytes = b"hello", color: int = 7, tail: bytes = b"ab") -> bytes:
-    return SAMPLE.pack(name, -5, 255, -300, 65535, -40, 0xDEADBEEF, 2**64 - 1, -(2**40), color,
-                       -1, 2, 3, -4, bytes([9, 8, 7, 6]), 0x04030201, BITS, True, tail, 0.25,
-                       0xFFFF888000001000)
+    return SAMPLE.pack(
+        name,
+        -5,
+        255,
+        -300,
+        65535,
+        -40,
+        0xDEADBEEF,
+        2**64 - 1,
+        -(2**40),
+        color,
+        -1,
+        2,
+        3,
+        -4,
+        bytes([9, 8, 7, 6]),
+        0x04030201,
+        BITS,
+        True,
+        tail,
+        0.25,
+        0xFFFF888000001000,
+    )
 
 
 EXPECTED_SAMPLE = {
-    "name": "hello", "s8": -5, "u8": 255, "s16": -300, "u16": 65535, "temp": -40,
-    "cv": 0xDEADBEEF, "big": 2**64 - 1, "neg": -(2**40), "color": "BLUE",
-    "pts": [{"x": -1, "y": 2}, {"x": 3, "y": -4}], "raw": [9, 8, 7, 6],
+    "name": "hello",
+    "s8": -5,
+    "u8": 255,
+    "s16": -300,
+    "u16": 65535,
+    "temp": -40,
+    "cv": 0xDEADBEEF,
+    "big": 2**64 - 1,
+    "neg": -(2**40),
+    "color": "BLUE",
+    "pts": [{"x": -1, "y": 2}, {"x": 3, "y": -4}],
+    "raw": [9, 8, 7, 6],
     "u": {"as_u32": 0x04030201, "as_bytes": [1, 2, 3, 4]},
     "bits": {"a": BITS_A, "b": BITS_B, "c": BITS_C, "rest": BITS_REST},
-    "flag": True, "tail": "ab", "ratio": 0.25, "ptr": 0xFFFF888000001000,
+    "flag": True,
+    "tail": "ab",
+    "ratio": 0.25,
+    "ptr": 0xFFFF888000001000,
 }
 
 
@@ -49,11 +81,17 @@ def test_every_kind_in_a_struct_decodes(counters: BpfObject) -> None:
         assert d.decode_value(m.lookup(struct.pack("<I", 2))) == EXPECTED_SAMPLE
 
 
-@pytest.mark.parametrize("name, text", [
-    (b"", ""), (b"abcdefghijkl", "abcdefghijkl"),  # full: no NUL at all
-    (b"ab\0cd", "ab"),                              # stops at the first NUL
-    (b"caf\xc3\xa9", "caf\u00e9"), (b"\xff\xfe", "\\xff\\xfe"),
-], ids=["empty", "full", "nul", "utf8", "undecodable"])
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        (b"", ""),
+        (b"abcdefghijkl", "abcdefghijkl"),  # full: no NUL at all
+        (b"ab\0cd", "ab"),  # stops at the first NUL
+        (b"caf\xc3\xa9", "caf\u00e9"),
+        (b"\xff\xfe", "\\xff\\xfe"),
+    ],
+    ids=["empty", "full", "nul", "utf8", "undecodable"],
+)
 def test_char_arrays_decode_as_c_strings(counters: BpfObject, name: bytes, text: str) -> None:
     with counters.map("samples") as m:
         assert m.decoder().decode_value(sample(name=name))["name"] == text
@@ -97,8 +135,7 @@ def test_kernel_btf_parses_and_names_types(counters: BpfObject) -> None:
 
 
 def _blob(types: bytes, strings: bytes) -> bytes:
-    header = struct.pack("<HBBIIIII", BTF_MAGIC, 1, 0, 24, 0, len(types), len(types),
-                         len(strings))
+    header = struct.pack("<HBBIIIII", BTF_MAGIC, 1, 0, 24, 0, len(types), len(types), len(strings))
     return header + types + strings
 
 

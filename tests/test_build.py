@@ -69,23 +69,24 @@ def test_libbpf_version_matches_the_pin_major_minor() -> None:
 
 
 def test_ldd_shows_libbpf_only_when_linking_the_system_one() -> None:
-    out = subprocess.run([_tool("ldd"), str(SO)], check=True, capture_output=True,
-                         text=True).stdout
+    out = subprocess.run([_tool("ldd"), str(SO)], check=True, capture_output=True, text=True).stdout
     assert "libc.so" in out  # ldd really listed the dependencies
     # "libbpf.so", not "libbpf": an auditwheel-repaired wheel keeps libelf in libbpf_batch.libs/
     assert ("libbpf.so" in out) == USE_SYSTEM, out
 
 
 def test_no_libbpf_symbol_is_exported_nm() -> None:
-    out = subprocess.run([_tool("nm"), "-D", "--defined-only", str(SO)], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [_tool("nm"), "-D", "--defined-only", str(SO)], check=True, capture_output=True, text=True
+    ).stdout
     names = [line.split()[-1] for line in out.splitlines() if line.strip()]
     assert "PyInit__libbpf" in names
     assert [n for n in names if LIBBPF_SYMBOL.match(n)] == []
 
 
-@pytest.mark.parametrize("symbol", ["bpf_map_lookup_batch", "bpf_map_create",
-                                    "libbpf_version_string", "btf__free"])
+@pytest.mark.parametrize(
+    "symbol", ["bpf_map_lookup_batch", "bpf_map_create", "libbpf_version_string", "btf__free"]
+)
 def test_libbpf_symbols_are_visible_to_dlsym_only_from_the_system_libbpf(symbol: str) -> None:
     so = ctypes.CDLL(str(SO))
     assert hasattr(so, "PyInit__libbpf")  # dlsym does see what is exported
@@ -123,14 +124,18 @@ def test_check_tarball_raises_on_a_wrong_sha(build_ffi: ModuleType, tmp_path: Pa
     assert "0" * 64 in str(info.value)
 
 
-@pytest.mark.parametrize(("environ", "expected"), [
-    ({"LIBBPF_BATCH_USE_SYSTEM": "1"}, True),
-    ({"LIBBPF_BATCH_USE_SYSTEM": "0"}, False),
-    ({"LIBBPF_BATCH_USE_SYSTEM": ""}, False),
-    ({}, False),
-    ({"OTHER": "1"}, False),
-], ids=["set-1", "set-0", "empty", "unset", "other-variable"])
-def test_use_system_libbpf_reads_the_given_environ(build_ffi: ModuleType,
-                                                   environ: dict[str, str],
-                                                   expected: bool) -> None:
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"LIBBPF_BATCH_USE_SYSTEM": "1"}, True),
+        ({"LIBBPF_BATCH_USE_SYSTEM": "0"}, False),
+        ({"LIBBPF_BATCH_USE_SYSTEM": ""}, False),
+        ({}, False),
+        ({"OTHER": "1"}, False),
+    ],
+    ids=["set-1", "set-0", "empty", "unset", "other-variable"],
+)
+def test_use_system_libbpf_reads_the_given_environ(
+    build_ffi: ModuleType, environ: dict[str, str], expected: bool
+) -> None:
     assert build_ffi.use_system_libbpf(environ) is expected

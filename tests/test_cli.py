@@ -37,8 +37,13 @@ NO_SUCH_ID = 2**32 - 1  # map ids are u32 handed out from 1 up: this one never e
 def run(*args: object, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
-    return subprocess.run([sys.executable, "-m", "libbpf_batch", *map(str, args)],
-                          check=False, text=True, timeout=timeout, **kw)  # type: ignore[call-overload]
+    return subprocess.run(
+        [sys.executable, "-m", "libbpf_batch", *map(str, args)],
+        check=False,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )  # type: ignore[call-overload]
 
 
 def ok(*args: object) -> str:
@@ -74,9 +79,10 @@ def hash_map(make_map: Callable[..., Map]) -> tuple[Map, dict[bytes, bytes]]:
 @pytest.fixture
 def percpu_map(make_map: Callable[..., Map]) -> tuple[Map, dict[bytes, bytes]]:
     m = make_map(MapType.PERCPU_HASH, 4, 4, 64, name=unique_name())
-    expected = {struct.pack("<I", k): b"".join(struct.pack("<I4x", k * 100 + cpu)
-                                               for cpu in range(m.ncpus))
-                for k in range(20)}
+    expected = {
+        struct.pack("<I", k): b"".join(struct.pack("<I4x", k * 100 + cpu) for cpu in range(m.ncpus))
+        for k in range(20)
+    }
     m.update_batch(list(expected), list(expected.values()))
     return m, expected
 
@@ -88,8 +94,10 @@ def entries_from_json(entries: list[dict[str, object]], m: Map) -> dict[bytes, b
         if m.is_percpu:
             slots = e["values"]
             assert [s["cpu"] for s in slots] == list(range(m.ncpus))  # type: ignore[union-attr]
-            value = b"".join(unhex(s["value"]).ljust((m.value_size + 7) & ~7, b"\0")  # type: ignore[index]
-                             for s in slots)  # type: ignore[union-attr]
+            value = b"".join(
+                unhex(s["value"]).ljust((m.value_size + 7) & ~7, b"\0")  # type: ignore[index]
+                for s in slots
+            )  # type: ignore[union-attr]
         else:
             value = unhex(e["value"])  # type: ignore[arg-type]
         key = unhex(e["key"])  # type: ignore[arg-type]
@@ -149,10 +157,12 @@ def test_dump_pinned_array_table(make_map: Callable[..., Map], bpf_fs: Path) -> 
 
 def test_dump_struct_formats_decode_by_hand(hash_map: tuple[Map, dict[bytes, bytes]]) -> None:
     m, expected = hash_map
-    entries = json.loads(ok("dump", "id", m.id, "--format", "json", "--key-format", "<I",
-                            "--value-format", "<Q"))
+    entries = json.loads(
+        ok("dump", "id", m.id, "--format", "json", "--key-format", "<I", "--value-format", "<Q")
+    )
     assert {e["formatted"]["key"]: e["formatted"]["value"] for e in entries} == {
-        struct.unpack("<I", k)[0]: struct.unpack("<Q", v)[0] for k, v in expected.items()}
+        struct.unpack("<I", k)[0]: struct.unpack("<Q", v)[0] for k, v in expected.items()
+    }
     # a format shorter than the element decodes its prefix; several fields give a list
     entries = json.loads(ok("dump", "id", m.id, "--format", "json", "--value-format", "<II"))
     assert sorted(e["formatted"]["value"] for e in entries)[:2] == [[1, 0], [2, 0]]
@@ -160,19 +170,21 @@ def test_dump_struct_formats_decode_by_hand(hash_map: tuple[Map, dict[bytes, byt
     assert "key: 41  value: 42\n" in table
 
 
-def test_percpu_formatted_values_list_each_cpu(percpu_map: tuple[Map, dict[bytes, bytes]]
-                                               ) -> None:
+def test_percpu_formatted_values_list_each_cpu(percpu_map: tuple[Map, dict[bytes, bytes]]) -> None:
     m, _ = percpu_map
-    entries = json.loads(ok("dump", "id", m.id, "--format", "json", "--key-format", "<I",
-                            "--value-format", "<I"))
+    entries = json.loads(
+        ok("dump", "id", m.id, "--format", "json", "--key-format", "<I", "--value-format", "<I")
+    )
     for e in entries:
         k = e["formatted"]["key"]
-        assert e["formatted"]["values"] == [{"cpu": c, "value": k * 100 + c}
-                                            for c in range(m.ncpus)]
+        assert e["formatted"]["values"] == [
+            {"cpu": c, "value": k * 100 + c} for c in range(m.ncpus)
+        ]
 
 
 def test_drain_outputs_everything_and_empties_the_map(
-        hash_map: tuple[Map, dict[bytes, bytes]]) -> None:
+    hash_map: tuple[Map, dict[bytes, bytes]],
+) -> None:
     m, expected = hash_map
     entries = json.loads(ok("drain", "id", m.id, "--format", "json", "--batch-size", 16))
     assert entries_from_json(entries, m) == expected
@@ -189,16 +201,19 @@ def test_drain_jsonl_percpu(percpu_map: tuple[Map, dict[bytes, bytes]]) -> None:
 def test_drain_of_an_array_is_refused(make_map: Callable[..., Map]) -> None:
     m = make_map(MapType.ARRAY, 4, 8, 4, name=unique_name())
     line = one_line_error(run("drain", "id", m.id), 1)
-    assert line == (f"libbpf-batch: drain: map {m.name!r} (id {m.id}) is a array: its "
-                    "elements can't be deleted; use dump")
+    assert line == (
+        f"libbpf-batch: drain: map {m.name!r} (id {m.id}) is a array: its "
+        "elements can't be deleted; use dump"
+    )
 
 
 def test_unreadable_map_type_prints_nothing_but_the_error(make_map: Callable[..., Map]) -> None:
     m = make_map(MapType.QUEUE, 0, 4, 8)  # no keys to walk: get_next_key says EINVAL
     proc = run("dump", "id", m.id, "--format", "json")
     assert proc.stdout == ""
-    assert one_line_error(proc, 1) == (f"libbpf-batch: bpf_map_get_next_key: map '' (id {m.id}): "
-                                       "Invalid argument")
+    assert one_line_error(proc, 1) == (
+        f"libbpf-batch: bpf_map_get_next_key: map '' (id {m.id}): Invalid argument"
+    )
 
 
 def test_empty_map_dumps_as_an_empty_list(make_map: Callable[..., Map]) -> None:
@@ -215,11 +230,14 @@ def test_dump_formats_with_btf(counters: BpfObject) -> None:
         (entry,) = json.loads(ok("dump", "id", m.id, "--format", "json"))
         assert entry["formatted"] == {
             "key": {"port": 5353, "proto": 0, "pad": 0},
-            "value": {"packets": 3, "bytes": 99, "last_len": 33, "pad": 0}}
+            "value": {"packets": 3, "bytes": 99, "last_len": 33, "pad": 0},
+        }
         assert unhex(entry["key"]) == struct.pack("<H2x", 5353)
         table = ok("dump", "id", m.id)
-        assert ('key: {"port":5353,"proto":0,"pad":0}  value: '
-                '{"packets":3,"bytes":99,"last_len":33,"pad":0}\n') in table
+        assert (
+            'key: {"port":5353,"proto":0,"pad":0}  value: '
+            '{"packets":3,"bytes":99,"last_len":33,"pad":0}\n'
+        ) in table
         rows = list(csv.DictReader(io.StringIO(ok("dump", "id", m.id, "--format", "csv"))))
         assert json.loads(rows[0]["value_decoded"])["bytes"] == 99
         (entry,) = json.loads(ok("dump", "id", m.id, "--format", "json", "--no-btf"))
@@ -230,20 +248,31 @@ def test_show_names_the_btf_types(counters: BpfObject) -> None:
     with counters.map("port_counts") as m:
         info = json.loads(ok("show", "id", m.id, "--format", "json"))
         assert (info["key_type"], info["value_type"]) == ("struct port_key", "struct port_stats")
-        assert f"btf_id {m.info.btf_id}  key_type struct port_key  value_type struct " \
-               "port_stats" in ok("show", "id", m.id)
+        assert (
+            f"btf_id {m.info.btf_id}  key_type struct port_key  value_type struct "
+            "port_stats" in ok("show", "id", m.id)
+        )
 
 
 # -- list and show --------------------------------------------------------------------------
 def test_list_includes_the_map(hash_map: tuple[Map, dict[bytes, bytes]]) -> None:
     m, _ = hash_map
     rows = {r["id"]: r for r in json.loads(ok("list", "--format", "json"))}
-    assert rows[m.id] == {"id": m.id, "type": "hash", "name": m.name, "key_size": 4,
-                          "value_size": 8, "max_entries": 1024, "flags": 0, "btf_id": 0}
+    assert rows[m.id] == {
+        "id": m.id,
+        "type": "hash",
+        "name": m.name,
+        "key_size": 4,
+        "value_size": 8,
+        "max_entries": 1024,
+        "flags": 0,
+        "btf_id": 0,
+    }
     table = ok("list").splitlines()
     assert table[0].split() == ["ID", "TYPE", "NAME", "KEY", "VALUE", "MAX_ENTRIES", "FLAGS"]
-    assert any(line.split() == [str(m.id), "hash", m.name, "4", "8", "1024", "0x0"]
-               for line in table)
+    assert any(
+        line.split() == [str(m.id), "hash", m.name, "4", "8", "1024", "0x0"] for line in table
+    )
 
 
 def test_list_count_counts_entries(hash_map: tuple[Map, dict[bytes, bytes]]) -> None:
@@ -252,28 +281,34 @@ def test_list_count_counts_entries(hash_map: tuple[Map, dict[bytes, bytes]]) -> 
     assert rows[m.id]["entries"] == len(expected)
 
 
-def test_show_by_id_pinned_and_name_agree(hash_map: tuple[Map, dict[bytes, bytes]],
-                                          bpf_fs: Path) -> None:
+def test_show_by_id_pinned_and_name_agree(
+    hash_map: tuple[Map, dict[bytes, bytes]], bpf_fs: Path
+) -> None:
     m, expected = hash_map
     pin = bpf_fs / unique_name()
     m.pin(pin)
     try:
-        shown = [json.loads(ok("show", *spec, "--format", "json", "--count"))
-                 for spec in (("id", m.id), ("pinned", pin), ("name", m.name))]
+        shown = [
+            json.loads(ok("show", *spec, "--format", "json", "--count"))
+            for spec in (("id", m.id), ("pinned", pin), ("name", m.name))
+        ]
     finally:
         pin.unlink()
     assert shown[0] == shown[1] == shown[2]
     assert shown[0]["entries"] == len(expected) and shown[0]["name"] == m.name
     text = ok("show", "id", m.id).splitlines()
-    assert text == [f"{m.id}: hash  name {m.name}  flags 0x0",
-                    "\tkey 4B  value 8B  max_entries 1024"]
+    assert text == [
+        f"{m.id}: hash  name {m.name}  flags 0x0",
+        "\tkey 4B  value 8B  max_entries 1024",
+    ]
 
 
 # -- errors: one line, no traceback, exit 1 or 2 ---------------------------------------------
 def test_missing_map_id_is_one_line_exit_1() -> None:
     line = one_line_error(run("dump", "id", NO_SUCH_ID), 1)
-    assert line == (f"libbpf-batch: bpf_map_get_fd_by_id: id {NO_SUCH_ID}: "
-                    "No such file or directory")
+    assert line == (
+        f"libbpf-batch: bpf_map_get_fd_by_id: id {NO_SUCH_ID}: No such file or directory"
+    )
 
 
 def test_missing_pin_is_one_line_exit_1(bpf_fs: Path) -> None:
@@ -291,8 +326,10 @@ def test_ambiguous_name_lists_the_candidates(make_map: Callable[..., Map]) -> No
     a = make_map(MapType.HASH, 4, 8, 4, name=name)
     b = make_map(MapType.ARRAY, 4, 8, 4, name=name)
     line = one_line_error(run("dump", "name", name), 1)
-    assert line == (f"libbpf-batch: map name {name!r} is ambiguous: id {a.id} (hash), "
-                    f"id {b.id} (array); use 'id N'")
+    assert line == (
+        f"libbpf-batch: map name {name!r} is ambiguous: id {a.id} (hash), "
+        f"id {b.id} (array); use 'id N'"
+    )
 
 
 def test_without_privilege_the_error_is_one_line(bpf: None) -> None:
@@ -300,63 +337,95 @@ def test_without_privilege_the_error_is_one_line(bpf: None) -> None:
     capsh = shutil.which("capsh")
     if capsh is None:
         skip_or_fail("capsh not found: install libcap2-bin (`make deps`)")
-    proc = subprocess.run([capsh, "--drop=cap_bpf,cap_sys_admin,cap_perfmon", "--", "-c",
-                           'exec "$0" "$@"', sys.executable, "-m", "libbpf_batch", "list"],
-                          check=False, capture_output=True, text=True, timeout=60)
-    assert one_line_error(proc, 1) == ("libbpf-batch: bpf_map_get_next_id: Operation not "
-                                       "permitted")
+    proc = subprocess.run(
+        [
+            capsh,
+            "--drop=cap_bpf,cap_sys_admin,cap_perfmon",
+            "--",
+            "-c",
+            'exec "$0" "$@"',
+            sys.executable,
+            "-m",
+            "libbpf_batch",
+            "list",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert one_line_error(proc, 1) == ("libbpf-batch: bpf_map_get_next_id: Operation not permitted")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["dump", "id", "abc"], "libbpf-batch: bad map id 'abc': expected a number"),
-    (["dump", "id", "0"], "libbpf-batch: bad map id '0': out of range"),
-    (["show", "id", str(2**32)], f"libbpf-batch: bad map id '{2**32}': out of range"),
-], ids=["not-a-number", "zero", "too-big"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["dump", "id", "abc"], "libbpf-batch: bad map id 'abc': expected a number"),
+        (["dump", "id", "0"], "libbpf-batch: bad map id '0': out of range"),
+        (["show", "id", str(2**32)], f"libbpf-batch: bad map id '{2**32}': out of range"),
+    ],
+    ids=["not-a-number", "zero", "too-big"],
+)
 def test_bad_map_id_is_a_usage_error(args: list[str], message: str) -> None:
     assert one_line_error(run(*args), 2) == message
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["dump", "fd", "3"], "invalid choice: 'fd'"),
-    (["dump", "id"], "the following arguments are required: VALUE"),
-    (["dump", "id", "1", "--format", "xml"], "invalid choice: 'xml'"),
-    (["dump", "id", "1", "--value-format", "<Z"], "bad struct format '<Z'"),
-    (["watch", "id", "1", "--count", "0"], "expected a positive integer"),
-    (["export", "id", "1", "--listen", "nowhere"], "expected HOST:PORT"),
-    (["frobnicate"], "invalid choice: 'frobnicate'"),
-    ([], "the following arguments are required: COMMAND"),
-], ids=["bad-kind", "no-value", "bad-format", "bad-struct", "count-0", "bad-listen",
-        "bad-command", "no-command"])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["dump", "fd", "3"], "invalid choice: 'fd'"),
+        (["dump", "id"], "the following arguments are required: VALUE"),
+        (["dump", "id", "1", "--format", "xml"], "invalid choice: 'xml'"),
+        (["dump", "id", "1", "--value-format", "<Z"], "bad struct format '<Z'"),
+        (["watch", "id", "1", "--count", "0"], "expected a positive integer"),
+        (["export", "id", "1", "--listen", "nowhere"], "expected HOST:PORT"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+    ids=[
+        "bad-kind",
+        "no-value",
+        "bad-format",
+        "bad-struct",
+        "count-0",
+        "bad-listen",
+        "bad-command",
+        "no-command",
+    ],
+)
 def test_usage_errors_exit_2(args: list[str], fragment: str) -> None:
     proc = run(*args)
     assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_format_larger_than_the_element_is_a_usage_error(
-        hash_map: tuple[Map, dict[bytes, bytes]]) -> None:
+    hash_map: tuple[Map, dict[bytes, bytes]],
+) -> None:
     m, _ = hash_map
     line = one_line_error(run("dump", "id", m.id, "--key-format", "<Q"), 2)
     assert line == "libbpf-batch: --key-format '<Q' needs 8 bytes, the map's keys have 4"
 
 
-def test_main_returns_the_status_in_process(capsys: pytest.CaptureFixture[str],
-                                            bpf: None) -> None:
+def test_main_returns_the_status_in_process(capsys: pytest.CaptureFixture[str], bpf: None) -> None:
     assert cli.main(["show", "id", str(NO_SUCH_ID)]) == 1
-    assert capsys.readouterr().err == (f"libbpf-batch: bpf_map_get_fd_by_id: id {NO_SUCH_ID}: "
-                                       "No such file or directory\n")
+    assert capsys.readouterr().err == (
+        f"libbpf-batch: bpf_map_get_fd_by_id: id {NO_SUCH_ID}: No such file or directory\n"
+    )
     assert cli.main(["show"]) == 2
     assert cli.main(["--help"]) == 0
 
 
 # -- progress --------------------------------------------------------------------------------
 def test_progress_goes_to_a_terminal_stderr_unless_quiet(
-        hash_map: tuple[Map, dict[bytes, bytes]]) -> None:
+    hash_map: tuple[Map, dict[bytes, bytes]],
+) -> None:
     m, _ = hash_map
     for quiet in (False, True):
         master, slave = os.openpty()
         try:
-            proc = run("dump", "id", m.id, "--format", "jsonl", *(["--quiet"] * quiet),
-                       stderr=slave)
+            proc = run(
+                "dump", "id", m.id, "--format", "jsonl", *(["--quiet"] * quiet), stderr=slave
+            )
             os.close(slave)
             slave = -1
             text = b""
@@ -380,13 +449,17 @@ def test_progress_goes_to_a_terminal_stderr_unless_quiet(
 # -- watch -----------------------------------------------------------------------------------
 def test_watch_once_shows_the_top_entries(hash_map: tuple[Map, dict[bytes, bytes]]) -> None:
     m, _ = hash_map
-    (snap,) = [json.loads(line) for line in ok(
-        "watch", "id", m.id, "--once", "--top", 3, "--format", "json",
-        "--key-format", "<I").splitlines()]
+    (snap,) = [
+        json.loads(line)
+        for line in ok(
+            "watch", "id", m.id, "--once", "--top", 3, "--format", "json", "--key-format", "<I"
+        ).splitlines()
+    ]
     assert snap["entries"] == 300 and snap["map"] == {"id": m.id, "name": m.name}
     # values are key + 1: the biggest three are keys 299, 298, 297
     assert [(r["key_text"], r["fields"], r["rates"]) for r in snap["top"]] == [
-        (str(k), {"value": k + 1}, {"value": None}) for k in (299, 298, 297)]
+        (str(k), {"value": k + 1}, {"value": None}) for k in (299, 298, 297)
+    ]
     table = ok("watch", "id", m.id, "--once", "--top", 2, "--sort", "key").splitlines()
     assert table[0].startswith(f"{m.name} (id {m.id}, hash): 300 entries read at ")
     assert table[1].split() == ["KEY", "VALUE", "VALUE/s"]
@@ -394,12 +467,25 @@ def test_watch_once_shows_the_top_entries(hash_map: tuple[Map, dict[bytes, bytes
     assert len(table) == 4
 
 
-def test_watch_drain_reports_per_interval_deltas(hash_map: tuple[Map, dict[bytes, bytes]]
-                                                 ) -> None:
+def test_watch_drain_reports_per_interval_deltas(hash_map: tuple[Map, dict[bytes, bytes]]) -> None:
     m, _ = hash_map
-    snaps = [json.loads(line) for line in ok(
-        "watch", "id", m.id, "--drain", "--count", 2, "--interval", "0.05", "--format",
-        "json", "--top", 1).splitlines()]
+    snaps = [
+        json.loads(line)
+        for line in ok(
+            "watch",
+            "id",
+            m.id,
+            "--drain",
+            "--count",
+            2,
+            "--interval",
+            "0.05",
+            "--format",
+            "json",
+            "--top",
+            1,
+        ).splitlines()
+    ]
     assert [s["entries"] for s in snaps] == [300, 0]
     assert snaps[0]["top"][0]["fields"] == {"value": 300}
     assert m.next_key() is None
@@ -410,9 +496,22 @@ def test_watch_rates_between_reads(counters: BpfObject) -> None:
     with counters.map("port_counts") as m:
         for port, packets in ((1, 5), (2, 50), (3, 7)):
             m.update(struct.pack("<H2x", port), struct.pack("<QQII", packets, 1000 - port, 0, 0))
-        snaps = [json.loads(line) for line in ok(
-            "watch", "id", m.id, "--count", 2, "--interval", "0.05", "--format", "json",
-            "--field", "bytes").splitlines()]
+        snaps = [
+            json.loads(line)
+            for line in ok(
+                "watch",
+                "id",
+                m.id,
+                "--count",
+                2,
+                "--interval",
+                "0.05",
+                "--format",
+                "json",
+                "--field",
+                "bytes",
+            ).splitlines()
+        ]
         top = snaps[1]["top"]
         assert [json.loads(r["key_text"])["port"] for r in top] == [1, 2, 3]
         assert top[0]["fields"] == {"packets": 5, "bytes": 999, "last_len": 0, "pad": 0}
@@ -423,9 +522,20 @@ def test_watch_rates_between_reads(counters: BpfObject) -> None:
 
 # -- export ----------------------------------------------------------------------------------
 def _start_export(*args: object) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "libbpf_batch", "export", *map(str, args),
-                             "--listen", "127.0.0.1:0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "libbpf_batch",
+            "export",
+            *map(str, args),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stderr is not None
     line = proc.stderr.readline()  # announces the address once it is listening
     match = re.search(r"on (http://127\.0\.0\.1:\d+/metrics)$", line.strip())
@@ -440,8 +550,11 @@ def _scrape(url: str) -> dict[str, float]:
     with urllib.request.urlopen(url, timeout=10) as r:
         assert r.status == 200
         text = r.read().decode()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines() if line and not line.startswith("#")}
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
 
 
 def test_export_serves_each_entry_as_a_labelled_gauge(make_map: Callable[..., Map]) -> None:
@@ -452,7 +565,8 @@ def test_export_serves_each_entry_as_a_labelled_gauge(make_map: Callable[..., Ma
     with reaped(proc):
         metric = f"bpf_map_{m.name}"
         assert _scrape(url) == {f'{metric}{{key="{k}"}}': k + 1.0 for k in range(3)} | {
-            f"{metric}_entries": 3.0}
+            f"{metric}_entries": 3.0
+        }
         m.update(struct.pack("<I", 1), struct.pack("<Q", 1234))  # read again on each scrape
         assert _scrape(url)[f'{metric}{{key="1"}}'] == 1234.0
         assert proc.wait(timeout=10) == 0  # --max-scrapes 2: done
@@ -474,15 +588,20 @@ def test_export_btf_fields_become_metrics_and_sigterm_stops_it(counters: BpfObje
 
 
 def test_export_without_prometheus_client_says_what_to_install(
-        hash_map: tuple[Map, dict[bytes, bytes]]) -> None:
+    hash_map: tuple[Map, dict[bytes, bytes]],
+) -> None:
     m, _ = hash_map
-    code = ("import sys; sys.modules['prometheus_client'] = None\n"  # hide it: ImportError
-            "from libbpf_batch.cli import main\n"
-            f"sys.exit(main(['export', 'id', '{m.id}']))")
-    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
-                          timeout=60)
-    assert one_line_error(proc, 1) == ("libbpf-batch: export needs prometheus_client: pip "
-                                       "install 'libbpf-batch[prometheus]'")
+    code = (
+        "import sys; sys.modules['prometheus_client'] = None\n"  # hide it: ImportError
+        "from libbpf_batch.cli import main\n"
+        f"sys.exit(main(['export', 'id', '{m.id}']))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert one_line_error(proc, 1) == (
+        "libbpf-batch: export needs prometheus_client: pip install 'libbpf-batch[prometheus]'"
+    )
 
 
 def test_export_address_in_use_is_one_line(hash_map: tuple[Map, dict[bytes, bytes]]) -> None:
@@ -504,8 +623,9 @@ def test_bench_is_passed_through() -> None:
 
     proc = run("bench", "--help")
     if importlib.util.find_spec("libbpf_batch.bench") is None:
-        assert one_line_error(proc, 1) == "libbpf-batch: bench: this install has no " \
-                                          "libbpf_batch.bench"
+        assert (
+            one_line_error(proc, 1) == "libbpf-batch: bench: this install has no libbpf_batch.bench"
+        )
     else:
         assert proc.returncode == 0, proc.stderr
         assert "usage" in proc.stdout.lower()
@@ -524,16 +644,20 @@ def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "libbpf-batch"
     if not script.exists():
         skip_or_fail(f"{script} is missing: pip install -e . creates it")
-    proc = subprocess.run([str(script), "--version"], check=False, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [str(script), "--version"], check=False, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("libbpf-batch ")
 
 
 def test_output_to_a_closed_pipe_stops_quietly(make_map: Callable[..., Map]) -> None:
     m = make_map(MapType.HASH, 4, 8, 8192)
     fill(m, 8192)  # ~400 KB of table: more than a pipe holds
-    dump = subprocess.Popen([sys.executable, "-m", "libbpf_batch", "dump", "id", str(m.id),
-                             "--batch-size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    dump = subprocess.Popen(
+        [sys.executable, "-m", "libbpf_batch", "dump", "id", str(m.id), "--batch-size", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert dump.stdout is not None and dump.stderr is not None
     dump.stdout.readline()
     dump.stdout.close()  # the reader goes away after one line

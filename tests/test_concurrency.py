@@ -47,7 +47,7 @@ def value_of(key: int, version: int) -> bytes:
 
 
 def slots(m: Map, value: bytes) -> list[bytes]:
-    return [value[i:i + VALUE_SIZE] for i in range(0, len(value), (VALUE_SIZE + 7) & ~7)]
+    return [value[i : i + VALUE_SIZE] for i in range(0, len(value), (VALUE_SIZE + 7) & ~7)]
 
 
 def full_value(m: Map, key: int, version: int) -> bytes:
@@ -112,10 +112,10 @@ if __name__ == "__main__":
         print(json.dumps(write(m, value_of, seed, base, initial, nops)), flush=True)
 '''
 
-VALUE_OF_SRC = '''
+VALUE_OF_SRC = """
 def value_of(key, version):
     return struct.pack("<QQ", version, version ^ (key * 0x9E3779B97F4A7C15 & (2**64 - 1)))
-'''
+"""
 
 _writer_ns: dict[str, object] = {}
 exec(WRITER.split('if __name__ == "__main__":')[0], _writer_ns)  # noqa: S102 (one writer, two homes)
@@ -135,9 +135,22 @@ class WriterProcess:
 
     def __init__(self, m: Map, seed: int, base: int, nops: int) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(m.id), str(seed), str(base), str(INITIAL),
-             str(nops), VALUE_OF_SRC],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=package_env())
+            [
+                sys.executable,
+                "-c",
+                WRITER,
+                str(m.id),
+                str(seed),
+                str(base),
+                str(INITIAL),
+                str(nops),
+                VALUE_OF_SRC,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=package_env(),
+        )
         assert self.proc.stdout is not None and self.proc.stdin is not None
         assert self.proc.stdout.readline().strip() == "ready"
 
@@ -152,8 +165,7 @@ class WriterProcess:
         return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def run_threads(targets: list[Callable[[], object]]) -> tuple[list[threading.Thread],
-                                                               list[object]]:
+def run_threads(targets: list[Callable[[], object]]) -> tuple[list[threading.Thread], list[object]]:
     """Start a thread per target; results (or the exception raised) land in the list."""
     results: list[object] = [None] * len(targets)
 
@@ -171,11 +183,11 @@ def run_threads(targets: list[Callable[[], object]]) -> tuple[list[threading.Thr
 
 # -- drain racing writers in threads and in another process --------------------------------
 @pytest.mark.parametrize("map_type", RACED_TYPES, ids=type_id)
-def test_drain_racing_writers_loses_and_duplicates_nothing(make_map: MakeMap,
-                                                           map_type: MapType) -> None:
+def test_drain_racing_writers_loses_and_duplicates_nothing(
+    make_map: MakeMap, map_type: MapType
+) -> None:
     m = make_map(map_type, 4, VALUE_SIZE, RACE_MAX_ENTRIES)
-    m.update_batch([k32(i) for i in range(INITIAL)],
-                   [full_value(m, i, 0) for i in range(INITIAL)])
+    m.update_batch([k32(i) for i in range(INITIAL)], [full_value(m, i, 0) for i in range(INITIAL)])
     procs = [WriterProcess(m, seed=9, base=9_000_000, nops=WRITER_OPS)]
     start = threading.Event()
 
@@ -183,6 +195,7 @@ def test_drain_racing_writers_loses_and_duplicates_nothing(make_map: MakeMap,
         def run() -> object:
             start.wait()
             return write_in_thread(m, value_of, seed, base, INITIAL, WRITER_OPS)  # type: ignore[operator]
+
         return run
 
     threads, results = run_threads([thread_writer(1, 1_000_000), thread_writer(2, 2_000_000)])
@@ -199,8 +212,7 @@ def test_drain_racing_writers_loses_and_duplicates_nothing(make_map: MakeMap,
         assert len(keys) == len(set(keys)), "a key came twice in one drain"
         drained += one_pass
         passes += 1
-        if all(not t.is_alive() for t in threads) and all(
-                p.proc.poll() is not None for p in procs):
+        if all(not t.is_alive() for t in threads) and all(p.proc.poll() is not None for p in procs):
             break
     for t in threads:
         t.join()
@@ -244,7 +256,8 @@ def test_drain_racing_writers_loses_and_duplicates_nothing(make_map: MakeMap,
 @pytest.mark.parametrize("shared", [True, False], ids=["one_map_object", "two_fds"])
 @pytest.mark.parametrize("map_type", RACED_TYPES, ids=type_id)
 def test_two_concurrent_drains_deliver_each_element_exactly_once(
-        make_map: MakeMap, map_type: MapType, shared: bool) -> None:
+    make_map: MakeMap, map_type: MapType, shared: bool
+) -> None:
     m = make_map(map_type, 4, 8, 32768)
     expected = fill(m, 20_000)
     other = m if shared else Map.from_id(m.id)
@@ -254,6 +267,7 @@ def test_two_concurrent_drains_deliver_each_element_exactly_once(
         def run() -> list[tuple[bytes, bytes]]:
             barrier.wait()
             return [kv for b in mm.drain(batch_size=batch_size) for kv in b]
+
         return run
 
     try:
@@ -276,7 +290,8 @@ def test_two_concurrent_drains_deliver_each_element_exactly_once(
 @pytest.mark.parametrize("map_type", RACED_TYPES + [MapType.ARRAY], ids=type_id)
 @pytest.mark.parametrize("batch_size", [1, 7, 512])
 def test_lookup_walk_under_concurrent_updates_terminates_without_duplicates(
-        make_map: MakeMap, map_type: MapType, batch_size: int) -> None:
+    make_map: MakeMap, map_type: MapType, batch_size: int
+) -> None:
     max_entries = 4096  # a power of two: exactly max_entries hash buckets
     m = make_map(map_type, 4, VALUE_SIZE, max_entries)
     is_array = map_type == MapType.ARRAY
@@ -379,8 +394,9 @@ def _stop_consumer(how: str) -> None:
 
 @pytest.mark.parametrize("how", ["KeyboardInterrupt", "SIGINT", "RuntimeError"])
 @pytest.mark.parametrize("map_type", RACED_TYPES, ids=type_id)
-def test_consumer_stopping_between_batches_loses_nothing(make_map: MakeMap, map_type: MapType,
-                                                         how: str) -> None:
+def test_consumer_stopping_between_batches_loses_nothing(
+    make_map: MakeMap, map_type: MapType, how: str
+) -> None:
     # Python's own handler, even where the runner started us with SIGINT ignored
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -428,4 +444,3 @@ def test_drain_of_a_closed_map_stops_instead_of_using_a_reused_fd(make_map: Make
     with pytest.raises(ValueError, match="'first'.* is closed"):
         next(it)
     assert contents(b) == expected
-

@@ -39,8 +39,9 @@ def where(m: Map) -> str:
     return re.escape(f"map {m.name!r} (id {m.id})")
 
 
-def exactly_once(pairs: Iterator[tuple[bytes, bytes]] | list[tuple[bytes, bytes]]
-                 ) -> dict[bytes, bytes]:
+def exactly_once(
+    pairs: Iterator[tuple[bytes, bytes]] | list[tuple[bytes, bytes]],
+) -> dict[bytes, bytes]:
     """The pairs as a dict, after checking that no key came twice."""
     pairs = list(pairs)
     keys = [k for k, _ in pairs]
@@ -69,8 +70,9 @@ def first_enospc(m: Map) -> bytes | None:
 
 
 @pytest.fixture(params=HASH_TYPES, ids=type_id)
-def crowded(request: pytest.FixtureRequest, make_filled: MakeFilled
-            ) -> tuple[Map, dict[bytes, bytes]]:
+def crowded(
+    request: pytest.FixtureRequest, make_filled: MakeFilled
+) -> tuple[Map, dict[bytes, bytes]]:
     """A hash map with 512 elements in 1024 buckets: some buckets hold several (the chance
     that none does is below 1e-50), which the test proves with first_enospc()."""
     return make_filled(request.param, 512, max_entries=1024)
@@ -91,8 +93,7 @@ def test_last_call_returns_elements_with_enoent(make_filled: MakeFilled) -> None
     while not (batches and batches[-1].done):
         batches.append(m.lookup_batch(3, cursor))
         cursor = batches[-1].cursor
-    assert [(b.count, b.done) for b in batches] == [(3, False), (3, False), (3, False),
-                                                   (1, True)]
+    assert [(b.count, b.done) for b in batches] == [(3, False), (3, False), (3, False), (1, True)]
     assert batches[-1].key_list() == [u32(9)]
     assert dict(elements(batches)) == expected
 
@@ -100,14 +101,14 @@ def test_last_call_returns_elements_with_enoent(make_filled: MakeFilled) -> None
 def test_iterator_yields_the_last_batch_that_came_with_enoent(make_filled: MakeFilled) -> None:
     m, expected = make_filled(MapType.ARRAY, 10)
     batches = list(m.batches(3))
-    assert [(b.count, b.done) for b in batches] == [(3, False), (3, False), (3, False),
-                                                   (1, True)]
+    assert [(b.count, b.done) for b in batches] == [(3, False), (3, False), (3, False), (1, True)]
     assert dict(elements(batches)) == expected
 
 
 @pytest.mark.parametrize("map_type", HASH_TYPES, ids=type_id)
-def test_one_call_can_return_everything_and_enoent(make_filled: MakeFilled,
-                                                   map_type: MapType) -> None:
+def test_one_call_can_return_everything_and_enoent(
+    make_filled: MakeFilled, map_type: MapType
+) -> None:
     m, expected = make_filled(map_type, 5)
     batch = m.lookup_and_delete_batch(m.max_entries)
     assert (batch.count, batch.done) == (5, True)
@@ -116,8 +117,9 @@ def test_one_call_can_return_everything_and_enoent(make_filled: MakeFilled,
 
 
 @pytest.mark.parametrize("map_type", [MapType.ARRAY, MapType.LPM_TRIE], ids=type_id)
-def test_full_last_batch_is_followed_by_an_empty_done_call(make_filled: MakeFilled,
-                                                           map_type: MapType) -> None:
+def test_full_last_batch_is_followed_by_an_empty_done_call(
+    make_filled: MakeFilled, map_type: MapType
+) -> None:
     # generic_map_lookup_batch: filling the count exactly is success, not ENOENT
     m, _ = make_filled(map_type, 10)
     first = m.lookup_batch(10)
@@ -136,8 +138,7 @@ def test_short_batch_without_enoent_is_not_the_end(crowded: tuple[Map, dict]) ->
 
 
 # -- ENOSPC ---------------------------------------------------------------------------------
-def test_lookup_batch_of_one_meets_enospc_on_a_shared_bucket(crowded: tuple[Map, dict]
-                                                             ) -> None:
+def test_lookup_batch_of_one_meets_enospc_on_a_shared_bucket(crowded: tuple[Map, dict]) -> None:
     m, expected = crowded
     cursor = first_enospc(m)
     assert cursor is not None, "no bucket with two elements among 512 in 1024"
@@ -148,7 +149,8 @@ def test_lookup_batch_of_one_meets_enospc_on_a_shared_bucket(crowded: tuple[Map,
 
 
 def test_drain_with_batch_size_one_grows_and_yields_each_element_once(
-        crowded: tuple[Map, dict]) -> None:
+    crowded: tuple[Map, dict],
+) -> None:
     m, expected = crowded
     assert first_enospc(m) is not None  # the map really has a bucket bigger than the batch
     batches = list(m.drain(batch_size=1))
@@ -158,7 +160,8 @@ def test_drain_with_batch_size_one_grows_and_yields_each_element_once(
 
 
 def test_batches_with_batch_size_one_grows_and_reads_each_element_once(
-        crowded: tuple[Map, dict]) -> None:
+    crowded: tuple[Map, dict],
+) -> None:
     m, expected = crowded
     assert first_enospc(m) is not None
     assert exactly_once(elements(list(m.batches(batch_size=1)))) == expected
@@ -214,8 +217,9 @@ def test_a_million_entries_drain_exactly_once(make_map: MakeMap) -> None:
 
 
 @pytest.mark.parametrize("map_type", HASH_TYPES, ids=type_id)
-def test_drain_while_a_writer_inserts_loses_and_duplicates_nothing(make_map: MakeMap,
-                                                                   map_type: MapType) -> None:
+def test_drain_while_a_writer_inserts_loses_and_duplicates_nothing(
+    make_map: MakeMap, map_type: MapType
+) -> None:
     n = 20_000
     m = make_map(map_type, 4, 8, 1 << 16)  # LRU maps far from full never evict
     started, finished = threading.Event(), threading.Event()
@@ -256,12 +260,13 @@ def test_drain_while_a_writer_inserts_loses_and_duplicates_nothing(make_map: Mak
 # -- what can't be drained -------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["drain", "drain_items", "clear"])
 @pytest.mark.parametrize("map_type", ARRAY_TYPES, ids=type_id)
-def test_arrays_cannot_be_drained(make_filled: MakeFilled, map_type: MapType, how: str
-                                  ) -> None:
+def test_arrays_cannot_be_drained(make_filled: MakeFilled, map_type: MapType, how: str) -> None:
     m, expected = make_filled(map_type, 4)
-    with pytest.raises(BatchNotSupportedError,
-                       match=rf"bpf_map_lookup_and_delete_batch: {where(m)}: "
-                             rf"{map_type.name.lower()} elements can't be deleted"):
+    with pytest.raises(
+        BatchNotSupportedError,
+        match=rf"bpf_map_lookup_and_delete_batch: {where(m)}: "
+        rf"{map_type.name.lower()} elements can't be deleted",
+    ):
         result = getattr(m, how)()
         if how != "clear":
             next(result)
@@ -269,8 +274,9 @@ def test_arrays_cannot_be_drained(make_filled: MakeFilled, map_type: MapType, ho
 
 
 @pytest.mark.parametrize("map_type", [MapType.LPM_TRIE, MapType.ARRAY_OF_MAPS], ids=type_id)
-def test_drain_without_the_batch_op_walks_per_key(make_filled: MakeFilled,
-                                                  map_type: MapType) -> None:
+def test_drain_without_the_batch_op_walks_per_key(
+    make_filled: MakeFilled, map_type: MapType
+) -> None:
     # Neither has BPF_MAP_LOOKUP_AND_DELETE_BATCH (ENOTSUPP); both can delete per key.
     m, expected = make_filled(map_type, 9)
     with pytest.raises(BatchNotSupportedError):
@@ -283,8 +289,9 @@ def test_drain_without_the_batch_op_walks_per_key(make_filled: MakeFilled,
 
 # -- the per-key fallback ---------------------------------------------------------------------
 @pytest.mark.parametrize("map_type", COVERED_TYPES, ids=type_id)
-def test_per_key_walk_reads_what_the_batch_loop_reads(make_filled: MakeFilled,
-                                                      map_type: MapType) -> None:
+def test_per_key_walk_reads_what_the_batch_loop_reads(
+    make_filled: MakeFilled, map_type: MapType
+) -> None:
     m, expected = make_filled(map_type, 9)
     by_key = list(per_key_batches(m, delete=False, batch_size=4))
     assert exactly_once(elements(by_key)) == exactly_once(elements(list(m.batches(4))))
@@ -295,30 +302,33 @@ def test_per_key_walk_reads_what_the_batch_loop_reads(make_filled: MakeFilled,
 
 
 @pytest.mark.parametrize("map_type", DRAINABLE_TYPES, ids=type_id)
-def test_per_key_drain_gives_what_the_batch_drain_gives(make_filled: MakeFilled,
-                                                        map_type: MapType) -> None:
+def test_per_key_drain_gives_what_the_batch_drain_gives(
+    make_filled: MakeFilled, map_type: MapType
+) -> None:
     by_key, expected_by_key = make_filled(map_type, 9)
     by_batch, expected_by_batch = make_filled(map_type, 9)
-    assert exactly_once(elements(list(per_key_batches(by_key, delete=True, batch_size=4)))
-                        ) == expected_by_key
+    assert (
+        exactly_once(elements(list(per_key_batches(by_key, delete=True, batch_size=4))))
+        == expected_by_key
+    )
     assert exactly_once(elements(list(by_batch.drain(4)))) == expected_by_batch
     assert contents(by_key) == contents(by_batch) == {}
 
 
 # -- copy=False views, copy=True copies -----------------------------------------------------
 @pytest.mark.parametrize("how", ["batches", "drain"])
-def test_copy_false_batches_are_views_the_next_step_overwrites(make_filled: MakeFilled,
-                                                               how: str) -> None:
+def test_copy_false_batches_are_views_the_next_step_overwrites(
+    make_filled: MakeFilled, how: str
+) -> None:
     m, _ = make_filled(MapType.HASH, 100, max_entries=128)
     it = getattr(m, how)(10, copy=False)
     first = next(it)
     assert isinstance(first.keys, memoryview) and isinstance(first.values, memoryview)
     before = (bytes(first.keys), bytes(first.values))
     second = next(it)
-    assert bytes(second.keys[:4]) not in [before[0][i:i + 4] for i in range(0, len(before[0]),
-                                                                              4)]
+    assert bytes(second.keys[:4]) not in [before[0][i : i + 4] for i in range(0, len(before[0]), 4)]
     n = min(first.count, second.count)  # hash batches may be short
-    assert bytes(first.keys[:n * 4]) == bytes(second.keys[:n * 4])  # one buffer, reused
+    assert bytes(first.keys[: n * 4]) == bytes(second.keys[: n * 4])  # one buffer, reused
     assert (bytes(first.keys), bytes(first.values)) != before
 
 
@@ -354,8 +364,9 @@ def test_values_are_exact(make_filled: MakeFilled, map_type: MapType) -> None:
 
 
 @pytest.mark.parametrize("map_type", DRAINABLE_TYPES, ids=type_id)
-def test_drain_items_stopped_mid_batch_puts_the_rest_back(make_filled: MakeFilled,
-                                                          map_type: MapType) -> None:
+def test_drain_items_stopped_mid_batch_puts_the_rest_back(
+    make_filled: MakeFilled, map_type: MapType
+) -> None:
     m, expected = make_filled(map_type, 9)
     taken = []
     for pair in m.drain_items(batch_size=9):  # one batch holds all 9
@@ -373,8 +384,7 @@ def test_batch_to_dict_is_its_pairs(make_filled: MakeFilled) -> None:
     assert batch.to_dict() == expected
 
 
-def test_drain_items_put_back_keeps_a_value_written_meanwhile(make_map: MakeMap
-                                                              ) -> None:
+def test_drain_items_put_back_keeps_a_value_written_meanwhile(make_map: MakeMap) -> None:
     m = make_map(MapType.HASH, 4, 8, 64)
     m.update_batch([u32(i) for i in range(4)], [u64(i) for i in range(4)])
     it = m.drain_items(batch_size=64)
@@ -387,8 +397,9 @@ def test_drain_items_put_back_keeps_a_value_written_meanwhile(make_map: MakeMap
 
 
 @pytest.mark.parametrize("map_type", DRAINABLE_TYPES, ids=type_id)
-def test_drain_items_are_exact_and_empty_the_map(make_filled: MakeFilled, map_type: MapType
-                                                 ) -> None:
+def test_drain_items_are_exact_and_empty_the_map(
+    make_filled: MakeFilled, map_type: MapType
+) -> None:
     m, expected = make_filled(map_type, 9)
     assert exactly_once(m.drain_items(4)) == expected
     assert contents(m) == {}
@@ -435,11 +446,13 @@ def test_batch_cursor_of_an_lpm_trie_is_a_key(make_filled: MakeFilled) -> None:
 
 
 # -- bad arguments, refused before the syscall ------------------------------------------------
-@pytest.mark.parametrize("batch_size", [0, -1, 1.5, True, "4"],
-                         ids=["zero", "negative", "float", "bool", "str"])
+@pytest.mark.parametrize(
+    "batch_size", [0, -1, 1.5, True, "4"], ids=["zero", "negative", "float", "bool", "str"]
+)
 @pytest.mark.parametrize("how", ["drain", "batches", "items", "keys", "values", "drain_items"])
-def test_bad_batch_size_is_value_error_naming_op_and_map(make_filled: MakeFilled, how: str,
-                                                         batch_size: Any) -> None:
+def test_bad_batch_size_is_value_error_naming_op_and_map(
+    make_filled: MakeFilled, how: str, batch_size: Any
+) -> None:
     m, expected = make_filled(MapType.HASH, 5)
     op = "lookup_and_delete_batch" if how.startswith("drain") else "lookup_batch"
     with pytest.raises(ValueError, match=rf"bpf_map_{op}: {where(m)}: batch_size must be"):
@@ -447,11 +460,13 @@ def test_bad_batch_size_is_value_error_naming_op_and_map(make_filled: MakeFilled
     assert contents(m) == expected
 
 
-@pytest.mark.parametrize(("elem_flags", "flags"), [(0, 1), (ElemFlags.LOCK, 0)],
-                         ids=["flags", "lock-without-spin-lock"])
+@pytest.mark.parametrize(
+    ("elem_flags", "flags"), [(0, 1), (ElemFlags.LOCK, 0)], ids=["flags", "lock-without-spin-lock"]
+)
 @pytest.mark.parametrize("how", ["drain", "batches"])
-def test_kernel_error_in_the_loop_names_op_and_map(make_filled: MakeFilled, how: str,
-                                                   elem_flags: int, flags: int) -> None:
+def test_kernel_error_in_the_loop_names_op_and_map(
+    make_filled: MakeFilled, how: str, elem_flags: int, flags: int
+) -> None:
     m, expected = make_filled(MapType.HASH, 5)
     op = "lookup_and_delete_batch" if how == "drain" else "lookup_batch"
     with pytest.raises(BpfError, match=rf"bpf_map_{op}: {where(m)}") as info:

@@ -57,7 +57,8 @@ def test_global_data_map_decodes_by_variable_name(counters: BpfObject) -> None:
         decoder = m.decoder()
         (value,) = list(m.values())
         assert decoder.decode_value(value) == {
-            "total_packets": sum(p for p, _ in expected.values())}
+            "total_packets": sum(p for p, _ in expected.values())
+        }
         assert decoder.decode_key(b"\0" * 4) is None  # global data maps have no key type
 
 
@@ -69,8 +70,12 @@ def test_btf_names_the_fields_the_kernel_wrote(counters: BpfObject) -> None:
         assert (d.key_type_name, d.value_type_name) == ("struct port_key", "struct port_stats")
         ((key, value),) = list(m.items())
         assert d.decode_key(key) == {"port": port, "proto": 17, "pad": 0}
-        assert d.decode_value(value) == {"packets": packets, "bytes": nbytes,
-                                         "last_len": 18, "pad": 0}
+        assert d.decode_value(value) == {
+            "packets": packets,
+            "bytes": nbytes,
+            "last_len": 18,
+            "pad": 0,
+        }
     with counters.map("port_packets") as m:
         d = m.decoder()
         ((key, value),) = list(m.items())
@@ -96,8 +101,9 @@ def test_raw_tracepoint_counts_a_childs_syscalls_exactly(counters: BpfObject) ->
         assert mine[GETPPID_NR] == (calls, comm)
         # and through BTF: the same entry, with field names
         d = m.decoder()
-        m.update(struct.pack("<II", child.pid, GETPPID_NR),
-                 struct.pack("<Q16s", calls, comm.encode()))
+        m.update(
+            struct.pack("<II", child.pid, GETPPID_NR), struct.pack("<Q16s", calls, comm.encode())
+        )
         ((key, value),) = list(m.items())
         assert d.decode_key(key) == {"pid": child.pid, "nr": GETPPID_NR}
         assert d.decode_value(value) == {"count": calls, "comm": comm}
@@ -108,12 +114,20 @@ def test_cli_drains_the_programs_map_with_formatted_fields(counters: BpfObject) 
     with counters.map("port_counts") as m:
         proc = subprocess.run(
             [sys.executable, "-m", "libbpf_batch", "drain", "id", str(m.id), "--format", "json"],
-            check=False, capture_output=True, text=True, timeout=60)
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
         entries = json.loads(proc.stdout)
-        got = {e["formatted"]["key"]["port"]: (e["formatted"]["value"]["packets"],
-                                               e["formatted"]["value"]["bytes"])
-               for e in entries}
+        got = {
+            e["formatted"]["key"]["port"]: (
+                e["formatted"]["value"]["packets"],
+                e["formatted"]["value"]["bytes"],
+            )
+            for e in entries
+        }
         assert got == expected
         for e in entries:  # hex and formatted agree
             key = bytes(int(b, 16) for b in e["key"])
@@ -152,8 +166,12 @@ def test_pinned_program_map_is_dumped_by_path(counters: BpfObject, bpf_fs: Path)
         m.pin(pin)
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "libbpf_batch", "dump", "pinned", str(pin), "--format",
-             "jsonl"], check=False, capture_output=True, text=True, timeout=60)
+            [sys.executable, "-m", "libbpf_batch", "dump", "pinned", str(pin), "--format", "jsonl"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
         got = {json.loads(line)["formatted"]["key"]["port"] for line in proc.stdout.splitlines()}
         assert got == set(expected)
@@ -166,13 +184,31 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 def test_harvest_example_prints_rates(bpf: None, counters_object: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "harvest.py"), "--object", str(counters_object),
-         "--count", "2", "--interval", "0.2", "--top", "3"],
-        check=False, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            str(EXAMPLES / "harvest.py"),
+            "--object",
+            str(counters_object),
+            "--count",
+            "2",
+            "--interval",
+            "0.2",
+            "--top",
+            "3",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("-- harvest 1: ") and lines[1].split() == [
-        "PID", "COMM", "NR", "CALLS/s"]
+        "PID",
+        "COMM",
+        "NR",
+        "CALLS/s",
+    ]
     assert any(line.startswith("-- harvest 2: ") for line in lines)
 
 
@@ -182,9 +218,20 @@ def test_export_example_serves_syscall_counts(bpf: None, counters_object: Path) 
     import urllib.request
 
     proc = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "export.py"), "--object", str(counters_object),
-         "--listen", "127.0.0.1:0", "--max-scrapes", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            str(EXAMPLES / "export.py"),
+            "--object",
+            str(counters_object),
+            "--listen",
+            "127.0.0.1:0",
+            "--max-scrapes",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     with reaped(proc):
         assert proc.stderr is not None
         line = proc.stderr.readline()

@@ -57,8 +57,9 @@ def where(m: Map) -> str:
     return re.escape(f"map {m.name!r} (id {m.id})")
 
 
-def make_typed(make_map: MakeMap, map_type: MapType, max_entries: int = 8,
-               name: str | None = None) -> Map:
+def make_typed(
+    make_map: MakeMap, map_type: MapType, max_entries: int = 8, name: str | None = None
+) -> Map:
     """One map of ``map_type`` with 8-byte values (4-byte for map-of-maps), empty."""
     if map_type in MAP_OF_MAPS_TYPES:
         inner = make_map(MapType.HASH, 4, 4, 1)
@@ -78,19 +79,45 @@ def new_value(make_map: MakeMap, m: Map, i: int) -> tuple[Any, bytes]:
 
 # -- MapType --------------------------------------------------------------------------------
 UAPI_MAP_TYPES = {
-    "UNSPEC": 0, "HASH": 1, "ARRAY": 2, "PROG_ARRAY": 3, "PERF_EVENT_ARRAY": 4,
-    "PERCPU_HASH": 5, "PERCPU_ARRAY": 6, "STACK_TRACE": 7, "CGROUP_ARRAY": 8, "LRU_HASH": 9,
-    "LRU_PERCPU_HASH": 10, "LPM_TRIE": 11, "ARRAY_OF_MAPS": 12, "HASH_OF_MAPS": 13,
-    "DEVMAP": 14, "SOCKMAP": 15, "CPUMAP": 16, "XSKMAP": 17, "SOCKHASH": 18,
-    "CGROUP_STORAGE": 19, "REUSEPORT_SOCKARRAY": 20, "PERCPU_CGROUP_STORAGE": 21, "QUEUE": 22,
-    "STACK": 23, "SK_STORAGE": 24, "DEVMAP_HASH": 25, "STRUCT_OPS": 26, "RINGBUF": 27,
-    "INODE_STORAGE": 28, "TASK_STORAGE": 29, "BLOOM_FILTER": 30, "USER_RINGBUF": 31,
+    "UNSPEC": 0,
+    "HASH": 1,
+    "ARRAY": 2,
+    "PROG_ARRAY": 3,
+    "PERF_EVENT_ARRAY": 4,
+    "PERCPU_HASH": 5,
+    "PERCPU_ARRAY": 6,
+    "STACK_TRACE": 7,
+    "CGROUP_ARRAY": 8,
+    "LRU_HASH": 9,
+    "LRU_PERCPU_HASH": 10,
+    "LPM_TRIE": 11,
+    "ARRAY_OF_MAPS": 12,
+    "HASH_OF_MAPS": 13,
+    "DEVMAP": 14,
+    "SOCKMAP": 15,
+    "CPUMAP": 16,
+    "XSKMAP": 17,
+    "SOCKHASH": 18,
+    "CGROUP_STORAGE": 19,
+    "REUSEPORT_SOCKARRAY": 20,
+    "PERCPU_CGROUP_STORAGE": 21,
+    "QUEUE": 22,
+    "STACK": 23,
+    "SK_STORAGE": 24,
+    "DEVMAP_HASH": 25,
+    "STRUCT_OPS": 26,
+    "RINGBUF": 27,
+    "INODE_STORAGE": 28,
+    "TASK_STORAGE": 29,
+    "BLOOM_FILTER": 30,
+    "USER_RINGBUF": 31,
     "CGRP_STORAGE": 32,
 }
 
 
-@pytest.mark.parametrize(("name", "number"), UAPI_MAP_TYPES.items(),
-                         ids=[n.lower() for n in UAPI_MAP_TYPES])
+@pytest.mark.parametrize(
+    ("name", "number"), UAPI_MAP_TYPES.items(), ids=[n.lower() for n in UAPI_MAP_TYPES]
+)
 def test_map_type_has_the_uapi_number(name: str, number: int) -> None:
     assert MapType[name] == number
     assert MapType(number).name == name
@@ -110,7 +137,11 @@ def test_create_reports_what_was_asked(make_map: MakeMap, map_type: MapType) -> 
     expected_key_size = 8 if map_type == MapType.LPM_TRIE else 4
     expected_value_size = 4 if map_type in MAP_OF_MAPS_TYPES else 8
     assert (m.key_size, m.value_size, m.max_entries, m.name) == (
-        expected_key_size, expected_value_size, 16, "made_here")
+        expected_key_size,
+        expected_value_size,
+        16,
+        "made_here",
+    )
     assert m.id > 0
     assert isinstance(m.fd, int) and m.fd >= 0
     assert os.readlink(f"/proc/self/fd/{m.fd}") == "anon_inode:bpf-map"
@@ -120,9 +151,15 @@ def test_create_reports_what_was_asked(make_map: MakeMap, map_type: MapType) -> 
 def test_info_matches_the_attributes(make_map: MakeMap, map_type: MapType) -> None:
     m = make_typed(make_map, map_type, max_entries=16, name="info")
     assert isinstance(m.info, MapInfo)
-    assert (m.info.id, m.info.name, m.info.type, m.info.key_size, m.info.value_size,
-            m.info.max_entries, m.info.map_flags) == (
-        m.id, "info", map_type, m.key_size, m.value_size, 16, m.flags)
+    assert (
+        m.info.id,
+        m.info.name,
+        m.info.type,
+        m.info.key_size,
+        m.info.value_size,
+        m.info.max_entries,
+        m.info.map_flags,
+    ) == (m.id, "info", map_type, m.key_size, m.value_size, 16, m.flags)
     assert m.info.type_name == map_type.name.lower()
 
 
@@ -138,18 +175,19 @@ def test_create_passes_flags(make_map: MakeMap) -> None:
 
 @pytest.mark.parametrize("map_type", PERCPU_TYPES, ids=type_id)
 @pytest.mark.parametrize("value_size", [1, 4, 8, 12])
-def test_percpu_value_stride_is_rounded_slot_times_ncpus(make_map: MakeMap, map_type: MapType,
-                                                         value_size: int) -> None:
+def test_percpu_value_stride_is_rounded_slot_times_ncpus(
+    make_map: MakeMap, map_type: MapType, value_size: int
+) -> None:
     m = make_map(map_type, 4, value_size, 4)
     assert m.ncpus == _bindings.libbpf_num_possible_cpus()
     assert m.value_stride == ((value_size + 7) // 8 * 8) * m.ncpus
 
 
-@pytest.mark.parametrize("map_type", [MapType.HASH, MapType.LRU_HASH, MapType.ARRAY],
-                         ids=type_id)
+@pytest.mark.parametrize("map_type", [MapType.HASH, MapType.LRU_HASH, MapType.ARRAY], ids=type_id)
 @pytest.mark.parametrize("value_size", [1, 4, 12])
-def test_value_stride_is_value_size_for_shared_maps(make_map: MakeMap, map_type: MapType,
-                                                    value_size: int) -> None:
+def test_value_stride_is_value_size_for_shared_maps(
+    make_map: MakeMap, map_type: MapType, value_size: int
+) -> None:
     m = make_map(map_type, 4, value_size, 4)
     assert (m.ncpus, m.value_stride) == (1, value_size)
 
@@ -261,8 +299,9 @@ def bpffs(bpf: None, tmp_path: Path) -> Iterator[Path]:
     """A private bpffs mounted in a temporary directory, unmounted (with its pins) after."""
     mnt = tmp_path / "bpffs"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "bpf", "bpf", str(mnt)], check=False,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "bpf", "bpf", str(mnt)], check=False, capture_output=True, text=True
+    )
     if r.returncode:
         skip_or_fail(f"cannot mount a bpffs: {r.stderr.strip()}")
     try:
@@ -296,8 +335,9 @@ def test_pin_twice_at_one_path_is_eexist(make_map: MakeMap, bpffs: Path) -> None
     assert info.value.errno == errno.EEXIST
 
 
-def test_pin_outside_a_bpffs_is_eperm_naming_map_and_path(make_map: MakeMap,
-                                                          tmp_path: Path) -> None:
+def test_pin_outside_a_bpffs_is_eperm_naming_map_and_path(
+    make_map: MakeMap, tmp_path: Path
+) -> None:
     m = make_map(MapType.HASH, 4, 8, 4, name="nopin")
     with pytest.raises(BpfPermissionError) as info:
         m.pin(tmp_path / "x")
@@ -369,9 +409,12 @@ CLOSED_OPS: dict[str, Callable[[Map], Any]] = {
     "drain_items": lambda m: next(iter(m.drain_items())),
 }
 # What the message names: the libbpf call behind each iterator.
-CLOSED_OP_NAMES = {"batches": "bpf_map_lookup_batch", "items": "bpf_map_lookup_batch",
-                   "drain": "bpf_map_lookup_and_delete_batch",
-                   "drain_items": "bpf_map_lookup_and_delete_batch"}
+CLOSED_OP_NAMES = {
+    "batches": "bpf_map_lookup_batch",
+    "items": "bpf_map_lookup_batch",
+    "drain": "bpf_map_lookup_and_delete_batch",
+    "drain_items": "bpf_map_lookup_and_delete_batch",
+}
 
 
 @pytest.mark.parametrize("op", CLOSED_OPS)
@@ -403,8 +446,9 @@ def test_lookup_missing_is_none(make_filled: MakeFilled, map_type: MapType) -> N
 
 
 @pytest.mark.parametrize("map_type", COVERED_TYPES, ids=type_id)
-def test_update_replaces_only_that_value(make_map: MakeMap, make_filled: MakeFilled,
-                                         map_type: MapType) -> None:
+def test_update_replaces_only_that_value(
+    make_map: MakeMap, make_filled: MakeFilled, map_type: MapType
+) -> None:
     m, expected = make_filled(map_type, 6)
     given, read_back = new_value(make_map, m, 3)
     m.update(element_key(map_type, 3), given)
@@ -413,8 +457,9 @@ def test_update_replaces_only_that_value(make_map: MakeMap, make_filled: MakeFil
 
 
 @pytest.mark.parametrize("map_type", DELETABLE_TYPES, ids=type_id)
-def test_delete_present_is_true_and_removes_only_it(make_filled: MakeFilled,
-                                                    map_type: MapType) -> None:
+def test_delete_present_is_true_and_removes_only_it(
+    make_filled: MakeFilled, map_type: MapType
+) -> None:
     m, expected = make_filled(map_type, 6)
     assert m.delete(element_key(map_type, 2)) is True
     del expected[element_key(map_type, 2)]
@@ -431,8 +476,9 @@ def test_delete_missing_is_false(make_filled: MakeFilled, map_type: MapType) -> 
 
 
 @pytest.mark.parametrize("map_type", ARRAY_TYPES, ids=type_id)
-def test_delete_on_an_array_is_einval_naming_the_map(make_filled: MakeFilled,
-                                                     map_type: MapType) -> None:
+def test_delete_on_an_array_is_einval_naming_the_map(
+    make_filled: MakeFilled, map_type: MapType
+) -> None:
     m, expected = make_filled(map_type, 4)
     with pytest.raises(BpfError, match="bpf_map_delete_elem: " + where(m)) as info:
         m.delete(u32(1))
@@ -452,23 +498,28 @@ def test_next_key_walks_every_key_once(make_filled: MakeFilled, map_type: MapTyp
 
 
 @pytest.mark.parametrize("map_type", ARRAY_TYPES, ids=type_id)
-def test_next_key_of_an_array_is_the_next_index(make_filled: MakeFilled,
-                                                map_type: MapType) -> None:
+def test_next_key_of_an_array_is_the_next_index(make_filled: MakeFilled, map_type: MapType) -> None:
     m, _ = make_filled(map_type, 3)
     assert [m.next_key(), m.next_key(u32(0)), m.next_key(u32(1)), m.next_key(u32(2))] == [
-        u32(0), u32(1), u32(2), None]
+        u32(0),
+        u32(1),
+        u32(2),
+        None,
+    ]
 
 
-@pytest.mark.parametrize("map_type", HASH_TYPES + [MapType.LPM_TRIE, MapType.HASH_OF_MAPS],
-                         ids=type_id)
+@pytest.mark.parametrize(
+    "map_type", HASH_TYPES + [MapType.LPM_TRIE, MapType.HASH_OF_MAPS], ids=type_id
+)
 def test_next_key_of_an_empty_map_is_none(make_filled: MakeFilled, map_type: MapType) -> None:
     m, _ = make_filled(map_type, 0)  # (arrays always have every index as a key)
     assert m.next_key() is None
 
 
 @pytest.mark.parametrize("map_type", HASH_TYPES, ids=type_id)
-def test_lookup_and_delete_returns_the_value_and_removes_it(make_filled: MakeFilled,
-                                                            map_type: MapType) -> None:
+def test_lookup_and_delete_returns_the_value_and_removes_it(
+    make_filled: MakeFilled, map_type: MapType
+) -> None:
     m, expected = make_filled(map_type, 6)
     key = element_key(map_type, 4)
     assert m.lookup_and_delete(key) == expected.pop(key)
@@ -482,13 +533,14 @@ def test_lookup_and_delete_missing_is_none(make_filled: MakeFilled, map_type: Ma
     assert contents(m) == expected
 
 
-@pytest.mark.parametrize("map_type", [t for t in COVERED_TYPES if t not in HASH_TYPES],
-                         ids=type_id)
-def test_lookup_and_delete_elsewhere_is_enotsupp(make_filled: MakeFilled,
-                                                 map_type: MapType) -> None:
+@pytest.mark.parametrize("map_type", [t for t in COVERED_TYPES if t not in HASH_TYPES], ids=type_id)
+def test_lookup_and_delete_elsewhere_is_enotsupp(
+    make_filled: MakeFilled, map_type: MapType
+) -> None:
     m, expected = make_filled(map_type, 4)
-    with pytest.raises(BatchNotSupportedError,
-                       match="bpf_map_lookup_and_delete_elem: " + where(m)) as info:
+    with pytest.raises(
+        BatchNotSupportedError, match="bpf_map_lookup_and_delete_elem: " + where(m)
+    ) as info:
         m.lookup_and_delete(element_key(map_type, 1))
     assert info.value.errno == ENOTSUPP
     assert contents(m) == expected
@@ -519,20 +571,21 @@ def test_lpm_lookup_is_longest_prefix_match(make_map: MakeMap) -> None:
 
 # -- per-CPU values -------------------------------------------------------------------------
 @pytest.mark.parametrize("map_type", PERCPU_TYPES, ids=type_id)
-def test_percpu_update_and_lookup_use_one_slot_per_cpu(make_map: MakeMap,
-                                                       map_type: MapType) -> None:
+def test_percpu_update_and_lookup_use_one_slot_per_cpu(
+    make_map: MakeMap, map_type: MapType
+) -> None:
     m = make_map(map_type, 4, 4, 4)  # 4-byte values in 8-byte slots
     value = b"".join(u32(0xC0DE0000 + cpu) + bytes([cpu, 1, 2, 3]) for cpu in range(m.ncpus))
     m.update(u32(1), value)
     got = m.lookup(u32(1))
     assert got is not None and len(got) == m.value_stride == 8 * m.ncpus
-    assert [got[8 * c:8 * c + 4] for c in range(m.ncpus)] == [
-        u32(0xC0DE0000 + c) for c in range(m.ncpus)]
+    assert [got[8 * c : 8 * c + 4] for c in range(m.ncpus)] == [
+        u32(0xC0DE0000 + c) for c in range(m.ncpus)
+    ]
 
 
 @pytest.mark.parametrize("map_type", PERCPU_TYPES, ids=type_id)
-def test_percpu_update_refuses_a_value_of_value_size(make_map: MakeMap,
-                                                     map_type: MapType) -> None:
+def test_percpu_update_refuses_a_value_of_value_size(make_map: MakeMap, map_type: MapType) -> None:
     m = make_map(map_type, 4, 4, 4)
     with pytest.raises(ValueError, match=rf"value is 4 bytes, expected {m.value_stride}"):
         m.update(u32(1), u32(7))
@@ -543,7 +596,8 @@ def test_percpu_update_refuses_a_value_of_value_size(make_map: MakeMap,
 @pytest.mark.parametrize("map_type", MAP_OF_MAPS_TYPES, ids=type_id)
 @pytest.mark.parametrize("as_fd", [False, True], ids=["map", "fd"])
 def test_map_of_maps_update_takes_an_inner_map_lookup_gives_its_id(
-        make_map: MakeMap, map_type: MapType, as_fd: bool) -> None:
+    make_map: MakeMap, map_type: MapType, as_fd: bool
+) -> None:
     inner = make_map(MapType.HASH, 4, 4, 1)
     inner.update(u32(0), u32(0xABCD))
     outer = make_map(map_type, 4, 4, 4, inner_map=inner)
@@ -554,8 +608,7 @@ def test_map_of_maps_update_takes_an_inner_map_lookup_gives_its_id(
 
 
 @pytest.mark.parametrize("map_type", MAP_OF_MAPS_TYPES, ids=type_id)
-def test_map_of_maps_update_with_a_non_map_fd_fails(make_map: MakeMap,
-                                                    map_type: MapType) -> None:
+def test_map_of_maps_update_with_a_non_map_fd_fails(make_map: MakeMap, map_type: MapType) -> None:
     inner = make_map(MapType.HASH, 4, 4, 1)
     outer = make_map(map_type, 4, 4, 4, inner_map=inner, name="outer")
     r, w = os.pipe()
@@ -571,9 +624,9 @@ def test_map_of_maps_update_with_a_non_map_fd_fails(make_map: MakeMap,
 
 @pytest.mark.parametrize("fd", [-1, 2**31, 2**40], ids=["negative", "too-big", "huge"])
 @pytest.mark.parametrize("map_type", MAP_OF_MAPS_TYPES, ids=type_id)
-def test_map_of_maps_update_with_an_impossible_fd_is_value_error(make_map: MakeMap,
-                                                                 map_type: MapType,
-                                                                 fd: int) -> None:
+def test_map_of_maps_update_with_an_impossible_fd_is_value_error(
+    make_map: MakeMap, map_type: MapType, fd: int
+) -> None:
     inner = make_map(MapType.HASH, 4, 4, 1)
     outer = make_map(map_type, 4, 4, 4, inner_map=inner, name="outer")
     with pytest.raises(ValueError, match=rf"bpf_map_update_elem: {where(outer)}: inner map fd"):
@@ -584,22 +637,26 @@ def test_map_of_maps_update_with_an_impossible_fd_is_value_error(make_map: MakeM
 # -- bad input, refused before the syscall ---------------------------------------------------
 @pytest.mark.parametrize("key", [b"\0" * 3, b"\0" * 5, b""], ids=["short", "long", "empty"])
 @pytest.mark.parametrize("op", ["lookup", "delete", "next_key", "lookup_and_delete", "update"])
-def test_wrong_key_length_is_value_error_naming_op_and_map(make_filled: MakeFilled, op: str,
-                                                           key: bytes) -> None:
+def test_wrong_key_length_is_value_error_naming_op_and_map(
+    make_filled: MakeFilled, op: str, key: bytes
+) -> None:
     m, expected = make_filled(MapType.HASH, 3)
     call = getattr(m, op)
     args = (key, u64(0)) if op == "update" else (key,)
-    with pytest.raises(ValueError, match=rf"bpf_map_\w+: {where(m)}: key is {len(key)} bytes, "
-                                         r"the map's key_size is 4"):
+    with pytest.raises(
+        ValueError,
+        match=rf"bpf_map_\w+: {where(m)}: key is {len(key)} bytes, "
+        r"the map's key_size is 4",
+    ):
         call(*args)
     assert contents(m) == expected
 
 
-@pytest.mark.parametrize("key", ["abcd", 1, None, [0, 0, 0, 0]],
-                         ids=["str", "int", "none", "list"])
+@pytest.mark.parametrize("key", ["abcd", 1, None, [0, 0, 0, 0]], ids=["str", "int", "none", "list"])
 @pytest.mark.parametrize("op", ["lookup", "delete", "lookup_and_delete", "update"])
-def test_non_bytes_key_is_type_error_naming_op_and_map(make_filled: MakeFilled, op: str,
-                                                       key: Any) -> None:
+def test_non_bytes_key_is_type_error_naming_op_and_map(
+    make_filled: MakeFilled, op: str, key: Any
+) -> None:
     m, expected = make_filled(MapType.HASH, 3)
     args = (key, u64(0)) if op == "update" else (key,)
     with pytest.raises(TypeError, match=rf"bpf_map_\w+: {where(m)}: key must be bytes-like"):
@@ -613,20 +670,21 @@ def test_bytes_like_keys_and_values_are_accepted(make_map: MakeMap) -> None:
     assert m.lookup(memoryview(u32(1))) == u64(5)
 
 
-@pytest.mark.parametrize("value", [b"\0" * 7, b"\0" * 9, "12345678", 12345678],
-                         ids=["short", "long", "str", "int"])
+@pytest.mark.parametrize(
+    "value", [b"\0" * 7, b"\0" * 9, "12345678", 12345678], ids=["short", "long", "str", "int"]
+)
 def test_bad_value_is_refused_naming_op_and_map(make_filled: MakeFilled, value: Any) -> None:
     m, expected = make_filled(MapType.HASH, 3)
-    with pytest.raises((ValueError, TypeError),
-                       match=rf"bpf_map_update_elem: {where(m)}: value"):
+    with pytest.raises((ValueError, TypeError), match=rf"bpf_map_update_elem: {where(m)}: value"):
         m.update(u32(1), value)
     assert contents(m) == expected
 
 
 # -- update_batch / delete_batch -------------------------------------------------------------
 @pytest.mark.parametrize("map_type", COVERED_TYPES, ids=type_id)
-def test_update_batch_returns_the_count_and_applies_exactly_those(make_filled: MakeFilled,
-                                                                  map_type: MapType) -> None:
+def test_update_batch_returns_the_count_and_applies_exactly_those(
+    make_filled: MakeFilled, map_type: MapType
+) -> None:
     m, expected = make_filled(map_type, 7)  # make_filled uses update_batch with sequences
     assert contents(m) == expected
 
@@ -663,29 +721,44 @@ def test_update_batch_overflowing_reports_what_was_applied(make_map: MakeMap) ->
     assert contents(m) == {u32(1): u64(1), u32(2): u64(2)}
 
 
-@pytest.mark.parametrize(("keys", "values", "exc", "message"), [
-    ([u32(1), u32(2)], [u64(1)], ValueError, r"2 keys but 1 values"),
-    ([u32(1), b"\0" * 3], [u64(1), u64(2)], ValueError, r"keys\[1\] is 3 bytes, expected 4"),
-    ([u32(1)], [b"\0" * 4], ValueError, r"values\[0\] is 4 bytes, expected 8"),
-    (b"\0" * 6, b"\0" * 16, ValueError, r"keys buffer is 6 bytes, not a multiple of 4"),
-    (b"\0" * 8, b"\0" * 12, ValueError, r"values buffer is 12 bytes, not a multiple of 8"),
-    ([u32(1), "abcd"], [u64(1), u64(2)], TypeError, r"keys\[1\] must be bytes-like"),
-    ("abcdefgh", [u64(1), u64(2)], TypeError, r"keys must be bytes-like"),
-    ([u32(1)], 5, TypeError, r"values must be bytes-like"),
-], ids=["count-mismatch", "short-key", "short-value", "ragged-keys", "ragged-values",
-        "str-key-item", "str-keys", "int-values"])
+@pytest.mark.parametrize(
+    ("keys", "values", "exc", "message"),
+    [
+        ([u32(1), u32(2)], [u64(1)], ValueError, r"2 keys but 1 values"),
+        ([u32(1), b"\0" * 3], [u64(1), u64(2)], ValueError, r"keys\[1\] is 3 bytes, expected 4"),
+        ([u32(1)], [b"\0" * 4], ValueError, r"values\[0\] is 4 bytes, expected 8"),
+        (b"\0" * 6, b"\0" * 16, ValueError, r"keys buffer is 6 bytes, not a multiple of 4"),
+        (b"\0" * 8, b"\0" * 12, ValueError, r"values buffer is 12 bytes, not a multiple of 8"),
+        ([u32(1), "abcd"], [u64(1), u64(2)], TypeError, r"keys\[1\] must be bytes-like"),
+        ("abcdefgh", [u64(1), u64(2)], TypeError, r"keys must be bytes-like"),
+        ([u32(1)], 5, TypeError, r"values must be bytes-like"),
+    ],
+    ids=[
+        "count-mismatch",
+        "short-key",
+        "short-value",
+        "ragged-keys",
+        "ragged-values",
+        "str-key-item",
+        "str-keys",
+        "int-values",
+    ],
+)
 def test_update_batch_bad_input_is_refused_naming_op_and_map(
-        make_filled: MakeFilled, keys: Any, values: Any, exc: type, message: str) -> None:
+    make_filled: MakeFilled, keys: Any, values: Any, exc: type, message: str
+) -> None:
     m, expected = make_filled(MapType.HASH, 3)
     with pytest.raises(exc, match=rf"bpf_map_update_batch: {where(m)}: {message}"):
         m.update_batch(keys, values)
     assert contents(m) == expected
 
 
-@pytest.mark.parametrize("map_type", HASH_TYPES + [MapType.LPM_TRIE, MapType.HASH_OF_MAPS],
-                         ids=type_id)
-def test_delete_batch_returns_the_count_and_deletes_exactly_those(make_filled: MakeFilled,
-                                                                  map_type: MapType) -> None:
+@pytest.mark.parametrize(
+    "map_type", HASH_TYPES + [MapType.LPM_TRIE, MapType.HASH_OF_MAPS], ids=type_id
+)
+def test_delete_batch_returns_the_count_and_deletes_exactly_those(
+    make_filled: MakeFilled, map_type: MapType
+) -> None:
     m, expected = make_filled(map_type, 8)
     gone = [element_key(map_type, i) for i in (0, 3, 7)]
     assert m.delete_batch(gone) == 3
@@ -707,8 +780,9 @@ def test_delete_batch_of_only_missing_keys_is_zero(make_filled: MakeFilled) -> N
 
 
 @pytest.mark.parametrize("map_type", ARRAY_TYPES, ids=type_id)
-def test_delete_batch_on_an_array_is_not_supported(make_filled: MakeFilled,
-                                                   map_type: MapType) -> None:
+def test_delete_batch_on_an_array_is_not_supported(
+    make_filled: MakeFilled, map_type: MapType
+) -> None:
     m, expected = make_filled(map_type, 4)
     with pytest.raises(BatchNotSupportedError, match="bpf_map_delete_batch: " + where(m)):
         m.delete_batch([u32(1)])
@@ -738,8 +812,9 @@ def test_lookup_batch_walks_an_array_by_cursor(make_filled: MakeFilled) -> None:
 
 
 @pytest.mark.parametrize("map_type", COVERED_TYPES, ids=type_id)
-def test_lookup_batch_cursor_walk_returns_each_element_once(make_filled: MakeFilled,
-                                                            map_type: MapType) -> None:
+def test_lookup_batch_cursor_walk_returns_each_element_once(
+    make_filled: MakeFilled, map_type: MapType
+) -> None:
     m, expected = make_filled(map_type, 10)
     seen: list[tuple[bytes, bytes]] = []
     batch = m.lookup_batch(m.max_entries)  # a whole map always fits
@@ -753,8 +828,9 @@ def test_lookup_batch_cursor_walk_returns_each_element_once(make_filled: MakeFil
 
 
 @pytest.mark.parametrize("map_type", HASH_TYPES + [MapType.HASH_OF_MAPS], ids=type_id)
-def test_lookup_and_delete_batch_deletes_exactly_what_it_returns(make_filled: MakeFilled,
-                                                                 map_type: MapType) -> None:
+def test_lookup_and_delete_batch_deletes_exactly_what_it_returns(
+    make_filled: MakeFilled, map_type: MapType
+) -> None:
     m, expected = make_filled(map_type, 10)
     batch = m.lookup_and_delete_batch(m.max_entries)
     returned = dict(iter(batch))  # dict(batch) would call batch.keys
@@ -764,8 +840,9 @@ def test_lookup_and_delete_batch_deletes_exactly_what_it_returns(make_filled: Ma
 
 
 @pytest.mark.parametrize("map_type", HASH_TYPES, ids=type_id)
-def test_lookup_and_delete_batch_short_call_leaves_the_rest(make_filled: MakeFilled,
-                                                            map_type: MapType) -> None:
+def test_lookup_and_delete_batch_short_call_leaves_the_rest(
+    make_filled: MakeFilled, map_type: MapType
+) -> None:
     m, expected = make_filled(map_type, 30, max_entries=max(128, lru_room(map_type, 30)))
     try:
         batch = m.lookup_and_delete_batch(5)
@@ -781,16 +858,23 @@ def test_lookup_and_delete_batch_short_call_leaves_the_rest(make_filled: MakeFil
 
 def test_lookup_batch_refuses_a_cursor_of_the_wrong_size(make_filled: MakeFilled) -> None:
     m, _ = make_filled(MapType.LPM_TRIE, 4)
-    with pytest.raises(ValueError, match=rf"bpf_map_lookup_batch: {where(m)}: cursor is 4 "
-                                         r"bytes, expected 8"):
+    with pytest.raises(
+        ValueError,
+        match=rf"bpf_map_lookup_batch: {where(m)}: cursor is 4 "
+        r"bytes, expected 8",
+    ):
         m.lookup_batch(2, u32(0))
 
 
-@pytest.mark.parametrize("count", [0, -1, 2**32, 1.5, True, "4"],
-                         ids=["zero", "negative", "too-big", "float", "bool", "str"])
+@pytest.mark.parametrize(
+    "count",
+    [0, -1, 2**32, 1.5, True, "4"],
+    ids=["zero", "negative", "too-big", "float", "bool", "str"],
+)
 @pytest.mark.parametrize("op", ["lookup_batch", "lookup_and_delete_batch"])
-def test_bad_count_is_value_error_before_the_syscall(make_filled: MakeFilled, op: str,
-                                                     count: Any) -> None:
+def test_bad_count_is_value_error_before_the_syscall(
+    make_filled: MakeFilled, op: str, count: Any
+) -> None:
     m, expected = make_filled(MapType.HASH, 4)
     with pytest.raises(ValueError, match=rf"bpf_map_{op}: {where(m)}: count must be"):
         getattr(m, op)(count)

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from libbpf_batch import BpfError, Map, MapFlags, MapType
 
-SETTINGS = settings(max_examples=50, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 KEYS = st.integers(0, 47)
 VALUES = st.integers(0, 2**64 - 1)
@@ -88,8 +89,7 @@ def apply(m: Map, model: Model, op: Op) -> None:
 @pytest.mark.parametrize("map_type", TYPES, ids=type_id)
 @SETTINGS
 @given(ops=st.lists(OPS, max_size=30))
-def test_random_operations_match_a_dict(bpf: None, map_type: MapType, ops: list[Op]
-                                        ) -> None:
+def test_random_operations_match_a_dict(bpf: None, map_type: MapType, ops: list[Op]) -> None:
     with Map.create(map_type, 4, 8, MAX_ENTRIES, name="prop") as m:
         model: Model = {}
         for op in ops:
@@ -100,8 +100,9 @@ def test_random_operations_match_a_dict(bpf: None, map_type: MapType, ops: list[
 
 FULL_OPS = st.one_of(
     st.tuples(st.just("update"), st.integers(0, 15), VALUES),
-    st.tuples(st.just("update_batch"), st.lists(st.tuples(st.integers(0, 15), VALUES),
-                                                max_size=12)),
+    st.tuples(
+        st.just("update_batch"), st.lists(st.tuples(st.integers(0, 15), VALUES), max_size=12)
+    ),
     st.tuples(st.just("delete_batch"), st.lists(st.integers(0, 15), max_size=8)),
     st.tuples(st.just("drain"), st.sampled_from([None, 1, 3])),
 )
@@ -142,8 +143,9 @@ def apply_bounded(m: Map, model: Model, op: Op) -> None:
 @pytest.mark.parametrize("flags", [0, MapFlags.NO_PREALLOC], ids=["prealloc", "no_prealloc"])
 @SETTINGS
 @given(ops=st.lists(FULL_OPS, max_size=30))
-def test_a_full_hash_refuses_inserts_and_matches_a_bounded_dict(bpf: None, flags: int,
-                                                               ops: list[Op]) -> None:
+def test_a_full_hash_refuses_inserts_and_matches_a_bounded_dict(
+    bpf: None, flags: int, ops: list[Op]
+) -> None:
     try:
         m = Map.create(MapType.HASH, 4, 8, 8, name="prop_full", flags=flags)
     except BpfError as e:

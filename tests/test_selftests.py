@@ -28,8 +28,9 @@ STEPS = list(range(1, 10))
 N = 10  # every selftest map holds 10 elements
 
 
-def raw_loop(m: Map, step: int, *, delete: bool, carry_count: bool = True
-             ) -> tuple[list[tuple[bytes, bytes]], list[int]]:
+def raw_loop(
+    m: Map, step: int, *, delete: bool, carry_count: bool = True
+) -> tuple[list[tuple[bytes, bytes]], list[int]]:
     """The selftests' loop on the single-call API; returns (elements in order, each call's count).
 
     ``carry_count``: as in the htab/array/lpm selftests, the count asked for is what the
@@ -67,7 +68,7 @@ def delete_loop(m: Map, keys: list[bytes], step: int) -> list[int]:
     counts = []
     total = 0
     while total < len(keys):
-        chunk = keys[total:total + step]
+        chunk = keys[total : total + step]
         counts.append(m.delete_batch(chunk))
         total += len(chunk)
     return counts
@@ -164,7 +165,7 @@ def test_htab_delete_loop(htab: tuple[Map, dict], step: int) -> None:
     elements, _ = raw_loop(m, step, delete=False)
     keys = [k for k, _ in elements]
     counts = delete_loop(m, keys, step)
-    assert counts == [len(keys[i:i + step]) for i in range(0, N, step)]
+    assert counts == [len(keys[i : i + step]) for i in range(0, N, step)]
     assert_empty(m)
 
 
@@ -203,8 +204,13 @@ def array(request: pytest.FixtureRequest, make_map: MakeMap) -> tuple[Map, list]
     """The selftest's "array_map": 4-byte keys, __s64 values, max_entries 10, keys[i] = i and
     values[i] = i + 1 (per-CPU: i + 1 + cpu on each CPU), in key order."""
     m = make_map(request.param, 4, 8, N, name="array_map")
-    elements = [(u32(i), b"".join((i + 1 + cpu).to_bytes(8, "little", signed=True)
-                                  for cpu in range(m.ncpus))) for i in range(N)]
+    elements = [
+        (
+            u32(i),
+            b"".join((i + 1 + cpu).to_bytes(8, "little", signed=True) for cpu in range(m.ncpus)),
+        )
+        for i in range(N)
+    ]
     assert m.update_batch([k for k, _ in elements], [v for _, v in elements]) == N
     return m, elements
 
@@ -264,7 +270,7 @@ def test_lpm_trie_delete_loop(lpm: tuple[Map, dict], step: int) -> None:
     keys = [k for k, _ in raw_loop(m, step, delete=False)[0]]
     counts = delete_loop(m, keys, step)
     assert sum(counts) == N
-    assert counts == [len(keys[i:i + step]) for i in range(0, N, step)]
+    assert counts == [len(keys[i : i + step]) for i in range(0, N, step)]
     assert_empty(m)
 
 
@@ -277,8 +283,7 @@ def test_lpm_trie_batches_iterator(lpm: tuple[Map, dict], step: int) -> None:
 
 
 @pytest.mark.parametrize("step", STEPS)
-def test_lpm_trie_drain_iterator_falls_back_to_per_key(lpm: tuple[Map, dict], step: int
-                                                       ) -> None:
+def test_lpm_trie_drain_iterator_falls_back_to_per_key(lpm: tuple[Map, dict], step: int) -> None:
     # LPM tries have no lookup_and_delete batch op (ENOTSUPP): drain() walks per key.
     m, expected = lpm
     batches = list(m.drain(step))
@@ -305,8 +310,9 @@ def inner_maps(make_map: MakeMap, inner_type: MapType, n: int) -> list[Map]:
     return maps
 
 
-def outer_map(make_map: MakeMap, outer_type: MapType, inners: list[Map], keys: list[int]
-              ) -> tuple[Map, dict[bytes, bytes]]:
+def outer_map(
+    make_map: MakeMap, outer_type: MapType, inners: list[Map], keys: list[int]
+) -> tuple[Map, dict[bytes, bytes]]:
     """The outer map (max_entries 10) with keys[i] -> inners[i], written by fd."""
     try:
         outer = make_map(outer_type, 4, 4, N, inner_map=inners[0])
@@ -324,21 +330,25 @@ def validate_ids(elements: list[tuple[bytes, bytes]]) -> None:
 
 
 INNER_TYPES = [MapType.ARRAY, MapType.HASH]
-OUTER = {MapType.ARRAY_OF_MAPS: [9 - i for i in range(N)],
-         MapType.HASH_OF_MAPS: [1000 - i for i in range(N)]}
+OUTER = {
+    MapType.ARRAY_OF_MAPS: [9 - i for i in range(N)],
+    MapType.HASH_OF_MAPS: [1000 - i for i in range(N)],
+}
 
 
-@pytest.fixture(params=[(o, i) for o in OUTER for i in INNER_TYPES],
-                ids=lambda p: f"{p[0].name.lower()}-inner_{p[1].name.lower()}")
-def map_in_map(request: pytest.FixtureRequest, make_map: MakeMap
-               ) -> tuple[Map, dict[bytes, bytes]]:
+@pytest.fixture(
+    params=[(o, i) for o in OUTER for i in INNER_TYPES],
+    ids=lambda p: f"{p[0].name.lower()}-inner_{p[1].name.lower()}",
+)
+def map_in_map(request: pytest.FixtureRequest, make_map: MakeMap) -> tuple[Map, dict[bytes, bytes]]:
     outer_type, inner_type = request.param
     return outer_map(make_map, outer_type, inner_maps(make_map, inner_type, N), OUTER[outer_type])
 
 
 @pytest.fixture(params=INNER_TYPES, ids=lambda t: f"inner_{t.name.lower()}")
-def hash_of_maps(request: pytest.FixtureRequest, make_map: MakeMap
-                 ) -> tuple[Map, dict[bytes, bytes]]:
+def hash_of_maps(
+    request: pytest.FixtureRequest, make_map: MakeMap
+) -> tuple[Map, dict[bytes, bytes]]:
     inners = inner_maps(make_map, request.param, N)
     return outer_map(make_map, MapType.HASH_OF_MAPS, inners, OUTER[MapType.HASH_OF_MAPS])
 
@@ -361,8 +371,7 @@ def test_map_in_map_batches_iterator(map_in_map: tuple[Map, dict], step: int) ->
 
 
 @pytest.mark.parametrize("step", STEPS)
-def test_hash_of_maps_lookup_and_delete_loop(hash_of_maps: tuple[Map, dict], step: int
-                                             ) -> None:
+def test_hash_of_maps_lookup_and_delete_loop(hash_of_maps: tuple[Map, dict], step: int) -> None:
     m, expected = hash_of_maps
     elements, counts = raw_loop(m, step, delete=True, carry_count=False)
     assert exactly_once(elements) == expected
@@ -389,13 +398,15 @@ def test_hash_of_maps_drain_iterator(hash_of_maps: tuple[Map, dict], step: int) 
 
 @pytest.mark.parametrize("inner_type", INNER_TYPES, ids=lambda t: f"inner_{t.name.lower()}")
 @pytest.mark.parametrize("step", STEPS)
-def test_array_of_maps_lookup_skips_holes(make_map: MakeMap, inner_type: MapType,
-                                          step: int) -> None:
+def test_array_of_maps_lookup_skips_holes(
+    make_map: MakeMap, inner_type: MapType, step: int
+) -> None:
     # The 2025 "holes" variant: 9 inner maps at keys 9..2 and 0, slot 1 empty. Kernels
     # before 5644c6b50ffe answered EINTR here forever; a fixed kernel returns exactly 9.
     keys = [9 - i for i in range(N - 2)] + [0]
-    m, expected = outer_map(make_map, MapType.ARRAY_OF_MAPS,
-                            inner_maps(make_map, inner_type, N - 1), keys)
+    m, expected = outer_map(
+        make_map, MapType.ARRAY_OF_MAPS, inner_maps(make_map, inner_type, N - 1), keys
+    )
     try:
         elements, _ = raw_loop(m, step, delete=False, carry_count=False)
     except BpfError as e:

@@ -59,8 +59,13 @@ def bpffs() -> Iterator[Path]:
     if mount is None:
         raise Unavailable("mount(8) is not installed")
     path = Path(tempfile.mkdtemp(prefix="libbpf-batch-bpffs-"))
-    proc = subprocess.run([mount, "-t", "bpf", "bpf", str(path)], check=False, capture_output=True,
-                          text=True, timeout=30)
+    proc = subprocess.run(
+        [mount, "-t", "bpf", "bpf", str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if proc.returncode != 0:
         os.rmdir(path)
         raise Unavailable(f"cannot mount a bpffs: {proc.stderr.strip()}")

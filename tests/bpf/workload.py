@@ -14,8 +14,9 @@ UDP_HEADER = 8  # the socket filter sees the skb from the UDP header on
 GETPPID_NR = {"x86_64": 110, "aarch64": 173}.get(platform.machine())
 
 
-def udp_traffic(obj: BpfObject, payload_sizes: Sequence[Sequence[int]]
-                ) -> dict[int, tuple[int, int]]:
+def udp_traffic(
+    obj: BpfObject, payload_sizes: Sequence[Sequence[int]]
+) -> dict[int, tuple[int, int]]:
     """Send UDP datagrams over loopback to one filtered socket per entry of ``payload_sizes``.
 
     Each receiving socket has count_udp attached; every datagram is received back before the
@@ -59,8 +60,12 @@ class GetppidChild:
     """A child process that calls getppid() exactly n times when told to (see run())."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", GETPPID_CHILD], text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", GETPPID_CHILD],
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
         assert self.proc.stdout is not None and self.proc.stdin is not None
         assert self.proc.stdout.readline() == "ready\n"
         self.pid = self.proc.pid
