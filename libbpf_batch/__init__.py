@@ -1,5 +1,6 @@
 """libbpf-batch: read and drain eBPF maps batch by batch with libbpf's batch calls."""
 
+from ._cdata import Layout
 from .batch import DEFAULT_BATCH_SIZE, Batch
 from .btf import Btf, BtfError, MapDecoder
 from .errors import (
@@ -27,6 +28,7 @@ __all__ = [
     "Btf",
     "BtfError",
     "ElemFlags",
+    "Layout",
     "Link",
     "Map",
     "MapDecoder",

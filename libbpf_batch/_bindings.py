@@ -23,6 +23,15 @@ def _check(rc: int, op: str) -> int:
     return rc
 
 
+def _at_end(rc: int, op: str) -> bool:
+    """False for 0, True for -ENOENT (the walk is over), an exception for any other error."""
+    if rc == 0:
+        return False
+    if rc == -errno.ENOENT:
+        return True
+    raise error_from_errno(-rc, op)
+
+
 def _found(rc: int, op: str) -> bool:
     """True for 0, False for -ENOENT, an exception for any other error."""
     if rc == 0:
@@ -94,11 +103,7 @@ def bpf_map_lookup_batch(
     holds the elements this call returned.
     """
     rc = lib.bpf_map_lookup_batch(fd, in_batch, out_batch, keys, values, count, opts)
-    if rc == 0:
-        return False
-    if rc == -errno.ENOENT:
-        return True
-    raise error_from_errno(-rc, "bpf_map_lookup_batch")
+    return _at_end(rc, "bpf_map_lookup_batch")
 
 
 def bpf_map_lookup_and_delete_batch(
@@ -116,11 +121,7 @@ def bpf_map_lookup_and_delete_batch(
     ``count[0]`` still holds those this call returned (and deleted).
     """
     rc = lib.bpf_map_lookup_and_delete_batch(fd, in_batch, out_batch, keys, values, count, opts)
-    if rc == 0:
-        return False
-    if rc == -errno.ENOENT:
-        return True
-    raise error_from_errno(-rc, "bpf_map_lookup_and_delete_batch")
+    return _at_end(rc, "bpf_map_lookup_and_delete_batch")
 
 
 def bpf_map_update_batch(
@@ -241,8 +242,38 @@ def btf__raw_data(btf: CData) -> bytes:
     return bytes(ffi.buffer(data, size[0]))
 
 
-__all__ = [name for name in dir() if name.startswith(("bpf_", "btf__", "libbpf_"))] + [
+__all__ = [
+    "NULL",
     "BpfError",
     "CData",
-    "NULL",
+    "bpf_link__destroy",
+    "bpf_map__fd",
+    "bpf_map_create",
+    "bpf_map_delete_batch",
+    "bpf_map_delete_elem",
+    "bpf_map_get_fd_by_id",
+    "bpf_map_get_next_id",
+    "bpf_map_get_next_key",
+    "bpf_map_lookup_and_delete_batch",
+    "bpf_map_lookup_and_delete_elem",
+    "bpf_map_lookup_batch",
+    "bpf_map_lookup_elem",
+    "bpf_map_lookup_elem_flags",
+    "bpf_map_update_batch",
+    "bpf_map_update_elem",
+    "bpf_obj_get",
+    "bpf_obj_get_info_by_fd",
+    "bpf_obj_pin",
+    "bpf_object__close",
+    "bpf_object__find_map_by_name",
+    "bpf_object__find_program_by_name",
+    "bpf_object__load",
+    "bpf_object__open_file",
+    "bpf_program__attach",
+    "bpf_program__fd",
+    "btf__free",
+    "btf__load_from_kernel_by_id",
+    "btf__raw_data",
+    "libbpf_num_possible_cpus",
+    "libbpf_version_string",
 ]

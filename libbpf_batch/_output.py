@@ -110,7 +110,7 @@ class EntryFormatter:
         self.map = m
         self.key_size, self.value_size = m.key_size, m.value_size
         self.percpu, self.ncpus = m.is_percpu, m.ncpus
-        self.slot = (m.value_size + 7) & ~7 if m.is_percpu else m.value_size
+        self.slot = m.layout.slot
         self.key_struct = self._struct(key_format, m.key_size, "--key-format", "key")
         self.value_struct = self._struct(value_format, m.value_size, "--value-format", "value")
         self.decoder: Any = None

@@ -7,35 +7,24 @@ import itertools
 import operator
 import struct
 import sys
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Callable, Union
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from . import _bindings
+from ._cdata import BytesLike, Layout, batch_opts, check_positive
 from ._libbpf import ffi
 from .errors import ENOTSUPP, BatchNotSupportedError, BpfError
-
-if TYPE_CHECKING:
-    from .maps import Map
-
-BytesLike = Union[bytes, bytearray, memoryview]
-if TYPE_CHECKING:  # what the batch calls accept: any buffer (array.array, numpy arrays too)
-    from typing_extensions import Buffer  # PEP 688's protocol; typeshed ships it
-
-    BufferLike = Buffer
-else:
-    BufferLike = BytesLike
 
 DEFAULT_BATCH_SIZE = 4096
 """Elements per batch when none is given.
 
-Chosen from `python -m libbpf_batch.bench --sweep ...` (HASH 4 B/8 B, 1,000,000 entries, drain
-with copy=False, medians of 3; 2 cores, kernel 6.18): the C loop costs 315 ns/entry at batch 64
-and 299-306 from 256 to 65536, the kernel's per-bucket work. This library pays about 4 us of
-Python per batch, so against C at the same size it is 1.21x at 64, 1.08x at 256, 1.02x at 512,
-and 0.97-0.99x from 1024 up. 4096 is in that flat part with room to spare on a busy machine,
-and its buffers stay small (48 KiB for 4 B/8 B, 320 KiB for 16 B/64 B keys/values); larger
-batches gain nothing and only hold more memory. Memory is bounded by the batch, never by
-max_entries."""
+The C loop's cost per entry is the kernel's per-bucket work and barely moves from a batch of
+256 up; this library adds a few microseconds of Python per batch, which is noise from about
+1024 elements on (bench/RESULTS.md has the sweep). 4096 sits in that flat part with room to
+spare on a busy machine while its buffers stay small (48 KiB for 4 B keys and 8 B values):
+larger batches gain nothing and only hold more memory. Memory is bounded by the batch, never
+by max_entries."""
 
 # Errors after which the kernel's count is the number of elements it returned (and, for
 # lookup_and_delete, deleted): hashtab.c and syscall.c write count on these paths. On the
@@ -55,9 +44,23 @@ _COUNT_UNTRUSTED = frozenset(
 )
 
 
-def returned_count(err: BpfError, count: int) -> int:
+def _returned_count(err: BpfError, count: int) -> int:
     """How many elements a failed lookup(-and-delete) batch call really returned."""
     return 0 if err.errno in _COUNT_UNTRUSTED else count
+
+
+@dataclass(frozen=True)
+class MapAccess:
+    """What the batch loop needs of a map, and no more: the loop never sees the Map.
+
+    ``fd(op)`` returns the open fd or raises ValueError naming ``op`` and the map; ``where``
+    names the map in messages (``map 'counts' (id 42)``).
+    """
+
+    fd: Callable[[str], int]
+    layout: Layout
+    max_entries: int
+    where: str
 
 
 class Batch:
@@ -70,39 +73,39 @@ class Batch:
     holds memoryviews into buffers that the next step of its iterator overwrites.
     """
 
-    __slots__ = (
-        "count",
-        "cursor",
-        "done",
-        "key_size",
-        "keys",
-        "ncpus",
-        "value_size",
-        "value_stride",
-        "values",
-    )
+    __slots__ = ("count", "cursor", "done", "keys", "layout", "values")
 
     def __init__(
         self,
+        layout: Layout,
         count: int,
         keys: BytesLike,
         values: BytesLike,
-        cursor: bytes,
-        done: bool,
-        key_size: int,
-        value_size: int,
-        value_stride: int,
-        ncpus: int = 1,
+        cursor: bytes = b"",
+        done: bool = False,
     ) -> None:
+        self.layout = layout
         self.count = count
         self.keys = keys
         self.values = values
         self.cursor = cursor
         self.done = done
-        self.key_size = key_size
-        self.value_size = value_size
-        self.value_stride = value_stride
-        self.ncpus = ncpus
+
+    @property
+    def key_size(self) -> int:
+        return self.layout.key_size
+
+    @property
+    def value_size(self) -> int:
+        return self.layout.value_size
+
+    @property
+    def value_stride(self) -> int:
+        return self.layout.value_stride
+
+    @property
+    def ncpus(self) -> int:
+        return self.layout.ncpus
 
     def __len__(self) -> int:
         return self.count
@@ -134,7 +137,7 @@ class Batch:
         values decode to a list with one entry per CPU (padding stripped).
         """
         keys = _unpack(self.keys, self.key_size, self.count, key_format)
-        if self.value_stride != self.value_size and value_format is not None:
+        if self.layout.percpu and value_format is not None:
             values: list[Any] = self.percpu_values(value_format)
         else:
             values = _unpack(self.values, self.value_stride, self.count, value_format)
@@ -152,7 +155,7 @@ class Batch:
 
     def _slots(self, value_format: str) -> list[Any]:
         # count * ncpus slots of round_up(value_size, 8) bytes, decoded in one pass
-        return _unpack(self.values, _slot(self.value_size), self.count * self.ncpus, value_format)
+        return _unpack(self.values, self.layout.slot, self.count * self.ncpus, value_format)
 
     def to_numpy(self, key_dtype: Any = None, value_dtype: Any = None) -> tuple[Any, Any]:
         """``(keys, values)`` as numpy arrays without a Python object per element.
@@ -167,22 +170,18 @@ class Batch:
             self.keys, dtype=_dtype(np, key_dtype, self.key_size, "key"), count=self.count
         )
         vdtype = _dtype(np, value_dtype, self.value_size, "value")
-        if self.value_stride == self.value_size:
+        if not self.layout.percpu:
             values = np.frombuffer(self.values, dtype=vdtype, count=self.count)
         else:  # one 8-byte-aligned slot per CPU: stride over the padding
             values = np.ndarray(
                 shape=(self.count, self.ncpus),
                 dtype=vdtype,
                 buffer=self.values,
-                strides=(self.value_stride, _slot(self.value_size)),
+                strides=(self.value_stride, self.layout.slot),
             )
         keys.flags.writeable = False  # views of a copy=False batch's buffers are writable
         values.flags.writeable = False
         return keys, values
-
-
-def _slot(value_size: int) -> int:
-    return (value_size + 7) & ~7
 
 
 _first = operator.itemgetter(0)
@@ -289,29 +288,108 @@ def _dtype(np: Any, dtype: Any, size: int, what: str) -> Any:
 class _Buffers:
     """Key and value buffers for ``capacity`` elements, allocated once per iterator."""
 
-    __slots__ = ("_kview", "_vview", "capacity", "key_size", "keys", "value_stride", "values")
+    __slots__ = ("_kview", "_vview", "capacity", "keys", "layout", "values")
 
-    def __init__(self, capacity: int, key_size: int, value_stride: int) -> None:
+    def __init__(self, capacity: int, layout: Layout) -> None:
         self.capacity = capacity
-        self.key_size = key_size
-        self.value_stride = value_stride
-        self.keys = ffi.new("char[]", capacity * key_size)
-        self.values = ffi.new("char[]", capacity * value_stride)
+        self.layout = layout
+        self.keys = ffi.new("char[]", capacity * layout.key_size)
+        self.values = ffi.new("char[]", capacity * layout.value_stride)
         # Views made once: slicing one per batch costs less than a new ffi.buffer (this
         # matters for small batches, where the per-batch overhead is a share of the cost).
         self._kview = memoryview(ffi.buffer(self.keys))
         self._vview = memoryview(ffi.buffer(self.values))
 
-    def contents(self, n: int, copy: bool) -> tuple[BytesLike, BytesLike]:
-        keys = self._kview[: n * self.key_size]
-        values = self._vview[: n * self.value_stride]
+    def batch(self, n: int, cursor: bytes, done: bool, copy: bool) -> Batch:
+        """The first ``n`` elements as a Batch: copies, or views the next call overwrites."""
+        keys = self._kview[: n * self.layout.key_size]
+        values = self._vview[: n * self.layout.value_stride]
         if copy:
-            return keys.tobytes(), values.tobytes()
-        return keys, values
+            return Batch(self.layout, n, keys.tobytes(), values.tobytes(), cursor, done)
+        return Batch(self.layout, n, keys, values, cursor, done)
+
+
+def _lookup_call(delete: bool) -> tuple[str, Callable[..., bool]]:
+    if delete:
+        return "bpf_map_lookup_and_delete_batch", _bindings.bpf_map_lookup_and_delete_batch
+    return "bpf_map_lookup_batch", _bindings.bpf_map_lookup_batch
+
+
+def _step(
+    access: MapAccess,
+    delete: bool,
+    in_batch: Any,
+    cursor: Any,
+    buf: _Buffers,
+    count: Any,
+    opts: Any,
+    copy: bool,
+) -> Batch:
+    """One lookup(-and-delete) batch call from ``in_batch``; ``cursor`` receives out_batch.
+
+    Returns the Batch (``done`` at ENOENT). A kernel error is raised naming the map, with the
+    elements the call still returned (and deleted) in its ``batch``.
+    """
+    op, call = _lookup_call(delete)
+    # Checked before every call: the map may have been closed since the last one, and its fd
+    # number reused by another file (a stale fd would drain that one).
+    fd = access.fd(op)
+    count[0] = buf.capacity
+    try:
+        done = call(fd, in_batch, cursor, buf.keys, buf.values, count, opts)
+    except BpfError as e:
+        err = e.at(access.where)
+        n = _returned_count(e, count[0])
+        err.batch = buf.batch(n, ffi.buffer(cursor)[:], False, copy)
+        raise err from None
+    return buf.batch(count[0], ffi.buffer(cursor)[:], done, copy)
+
+
+def batch_capacity(batch_size: int | None, max_entries: int, where: str) -> int:
+    """The elements one batch buffer holds: ``batch_size`` (default DEFAULT_BATCH_SIZE)."""
+    if batch_size is not None:
+        check_positive(batch_size, "batch_size", where, bits=64)
+    # A batch never holds more than max_entries elements; a larger buffer only wastes.
+    return max(1, min(DEFAULT_BATCH_SIZE if batch_size is None else batch_size, max_entries))
+
+
+def one_batch(
+    access: MapAccess,
+    delete: bool,
+    count: int,
+    cursor: bytes | None,
+    elem_flags: int,
+    flags: int,
+) -> Batch:
+    """Up to ``count`` elements from ``cursor`` (None: the start) in one call (see _step)."""
+    op, _ = _lookup_call(delete)
+    where = f"{op}: {access.where}"
+    access.fd(op)
+    # count 0 would "succeed" with nothing read (hashtab.c), hiding a caller's bug
+    check_positive(count, "count", where)
+    out = ffi.new("char[]", access.layout.cursor_size)
+    in_batch = _bindings.NULL
+    if cursor is not None:
+        try:
+            c = ffi.from_buffer(cursor)
+        except TypeError:
+            raise TypeError(
+                f"{where}: cursor must be bytes-like (a Batch.cursor), not {type(cursor).__name__}"
+            ) from None
+        if len(c) != len(out):
+            raise ValueError(
+                f"{where}: cursor is {len(c)} bytes, expected {len(out)} "
+                "(pass Batch.cursor back unchanged)"
+            )
+        ffi.memmove(out, c, len(out))
+        in_batch = out
+    opts = batch_opts(elem_flags, flags, where)
+    buf = _Buffers(min(count, max(access.max_entries, 1)), access.layout)
+    return _step(access, delete, in_batch, out, buf, ffi.new("__u32 *"), opts, True)
 
 
 def lookup_batches(
-    m: Map,
+    access: MapAccess,
     *,
     delete: bool,
     batch_size: int | None,
@@ -326,95 +404,77 @@ def lookup_batches(
     EINVAL from kernels before 5.6) switches to per-key iteration. Elements a call returned are
     yielded before any error it reported is raised.
     """
-    op = "bpf_map_lookup_and_delete_batch" if delete else "bpf_map_lookup_batch"
+    op, _ = _lookup_call(delete)
     # Checked now, not at the first next(): a bad argument fails where it was written.
-    m._checked_fd(op)
-    if delete:
-        m._check_deletable(op)
-    capacity = m._batch_capacity(batch_size, op)
-    opts = batch_opts(elem_flags, flags, f"{op}: {m._where}")
-    return _walk(m, op, delete, capacity, opts, elem_flags, flags, copy)
+    access.fd(op)
+    where = f"{op}: {access.where}"
+    capacity = batch_capacity(batch_size, access.max_entries, where)
+    opts = batch_opts(elem_flags, flags, where)
+    return _walk(access, delete, capacity, opts, bool(elem_flags or flags), copy)
 
 
 def _walk(
-    m: Map, op: str, delete: bool, capacity: int, opts: Any, elem_flags: int, flags: int, copy: bool
+    access: MapAccess, delete: bool, capacity: int, opts: Any, flagged: bool, copy: bool
 ) -> Iterator[Batch]:
-    call = _bindings.bpf_map_lookup_and_delete_batch if delete else _bindings.bpf_map_lookup_batch
-    key_size, value_stride = m.key_size, m.value_stride
-    buf = _Buffers(capacity, key_size, value_stride)
-    cursor = ffi.new("char[]", max(4, key_size))  # hash maps keep a u32 bucket index
-    cursor_view = ffi.buffer(cursor)
+    buf = _Buffers(capacity, access.layout)
+    cursor = ffi.new("char[]", access.layout.cursor_size)
     count = ffi.new("__u32 *")
     in_batch = _bindings.NULL  # NULL starts at the beginning
-    make = _batch_factory(m)
     started = False
     while True:
-        # Again before every call: the map may have been closed between batches, and its fd
-        # number reused by another file (a stale fd would drain that one).
-        fd = m._checked_fd(op)
-        count[0] = buf.capacity
         try:
-            done = call(fd, in_batch, cursor, buf.keys, buf.values, count, opts)
+            batch = _step(access, delete, in_batch, cursor, buf, count, opts, copy)
         except BpfError as e:
-            if not started and _batch_op_missing(e, elem_flags, flags):
-                yield from per_key_batches(m, delete=delete, batch_size=capacity, copy=copy)
+            if not started and _batch_op_missing(e, flagged):
+                yield from per_key_batches(access, delete=delete, batch_size=capacity, copy=copy)
                 return
             if e.errno == errno.ENOSPC:
                 # hashtab.c returns ENOSPC only when it copied nothing (total == 0), so
                 # growing and retrying from the same cursor loses nothing.
-                if buf.capacity >= max(m.max_entries, 1):
-                    raise m._error(
-                        e,
+                limit = max(access.max_entries, 1)
+                if buf.capacity >= limit:
+                    raise e.at(
+                        access.where,
                         f"a bucket holds more than {buf.capacity} elements, the map's max_entries",
                     ) from None
-                buf = _Buffers(min(buf.capacity * 2, max(m.max_entries, 1)), key_size, value_stride)
+                buf = _Buffers(min(buf.capacity * 2, limit), access.layout)
                 continue
-            n = returned_count(e, count[0])
-            if n:
-                yield make(n, *buf.contents(n, copy), cursor_view[:], False)
-            raise m._error(e) from None
+            if e.batch is not None and e.batch.count:
+                yield e.batch
+            raise
         started = True
-        n = count[0]
-        if n:
-            yield make(n, *buf.contents(n, copy), cursor_view[:], done)
-        if done:
+        if batch.count:
+            yield batch
+        if batch.done:
             return
         in_batch = cursor  # in and out may share one buffer (the selftests do)
 
 
-def _batch_op_missing(e: BpfError, elem_flags: int, flags: int) -> bool:
+def _batch_op_missing(e: BpfError, flagged: bool) -> bool:
     if isinstance(e, BatchNotSupportedError):
         return True
     # Kernels before 5.6 don't know the command: EINVAL with no flags to blame.
-    return e.errno == errno.EINVAL and not elem_flags and not flags
+    return e.errno == errno.EINVAL and not flagged
 
 
-def _batch_factory(m: Map) -> Callable[[int, BytesLike, BytesLike, bytes, bool], Batch]:
-    ks, vs, stride, ncpus = m.key_size, m.value_size, m.value_stride, m.ncpus
-
-    def make(n: int, keys: BytesLike, values: BytesLike, cursor: bytes, done: bool) -> Batch:
-        return Batch(n, keys, values, cursor, done, ks, vs, stride, ncpus)
-
-    return make
-
-
-def per_key_batches(m: Map, *, delete: bool, batch_size: int, copy: bool = True) -> Iterator[Batch]:
+def per_key_batches(
+    access: MapAccess, *, delete: bool, batch_size: int, copy: bool = True
+) -> Iterator[Batch]:
     """The per-key walk (get_next_key, lookup[, delete]) in batches of ``batch_size``.
 
     The next key is taken *before* the current one is deleted: restarting from NULL after each
     delete would make a drain quadratic. A key another thread deleted in between is skipped
     (it is theirs). Elements deleted so far are yielded before an error is raised.
     """
-    fd = m._checked_fd("bpf_map_get_next_key")
-    key_size, stride = m.key_size, m.value_stride
-    key, nxt = ffi.new("char[]", key_size), ffi.new("char[]", key_size)
-    value = ffi.new("char[]", stride)
-    make = _batch_factory(m)
+    layout = access.layout
+    fd = access.fd("bpf_map_get_next_key")
+    key, nxt = ffi.new("char[]", layout.key_size), ffi.new("char[]", layout.key_size)
+    value = ffi.new("char[]", layout.value_stride)
     keys: list[bytes] = []
     values: list[bytes] = []
 
     def flush(done: bool) -> Batch:
-        batch = make(len(keys), b"".join(keys), b"".join(values), b"", done)
+        batch = Batch(layout, len(keys), b"".join(keys), b"".join(values), b"", done)
         keys.clear()
         values.clear()
         return batch
@@ -432,63 +492,8 @@ def per_key_batches(m: Map, *, delete: bool, batch_size: int, copy: bool = True)
             key, nxt = nxt, key
             if len(keys) >= batch_size or (keys and not more):
                 yield flush(not more)
-                fd = m._checked_fd("bpf_map_get_next_key")  # closed between batches: stop
+                fd = access.fd("bpf_map_get_next_key")  # closed between batches: stop
     except BpfError as e:
         if keys:
             yield flush(False)
-        raise m._error(e) from None
-
-
-def check_uint(value: object, what: str, bits: int, where: str) -> int:
-    """``value`` if it is an int in [0, 2**bits); else TypeError/ValueError naming ``where``.
-
-    cffi would raise OverflowError (or a TypeError naming nothing) for these.
-    """
-    if not isinstance(value, int):
-        raise TypeError(f"{where}: {what} must be an int, not {type(value).__name__}")
-    if not 0 <= value < 1 << bits:
-        raise ValueError(f"{where}: {what} must be an int in [0, 2**{bits}), got {value!r}")
-    return value
-
-
-def batch_opts(elem_flags: int, flags: int, where: str = "bpf_map_batch_opts") -> Any:
-    """A ``struct bpf_map_batch_opts`` (NULL when both flags are 0)."""
-    check_uint(elem_flags, "elem_flags", 64, where)
-    check_uint(flags, "flags", 64, where)
-    if not elem_flags and not flags:
-        return _bindings.NULL
-    opts = ffi.new("struct bpf_map_batch_opts *")
-    opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
-    opts.elem_flags = elem_flags
-    opts.flags = flags
-    return opts
-
-
-def join_elements(
-    items: BufferLike | Sequence[BufferLike], size: int, what: str
-) -> tuple[Any, int]:
-    """One C buffer over ``items`` (a flat bytes-like, or a sequence of elements) and its count.
-
-    A flat buffer is passed without copying. Raises TypeError/ValueError naming ``what``.
-    """
-    try:
-        flat = ffi.from_buffer(items)
-    except TypeError:
-        if isinstance(items, str) or not isinstance(items, Sequence):
-            raise TypeError(
-                f"{what} must be bytes-like or a sequence of bytes-like items, "
-                f"not {type(items).__name__}"
-            ) from None
-        for i, item in enumerate(items):
-            try:
-                n = memoryview(item).nbytes
-            except TypeError:
-                raise TypeError(
-                    f"{what}[{i}] must be bytes-like, not {type(item).__name__}"
-                ) from None
-            if n != size:
-                raise ValueError(f"{what}[{i}] is {n} bytes, expected {size}") from None
-        return ffi.from_buffer(b"".join(items)), len(items)
-    if len(flat) % size:
-        raise ValueError(f"{what} buffer is {len(flat)} bytes, not a multiple of {size}")
-    return flat, len(flat) // size
+        raise e.at(access.where) from None

@@ -820,7 +820,7 @@ class Bench:
                         w,
                         "drain py_key_lib",
                         lambda: consume_batches(
-                            w, per_key_batches(m, delete=True, batch_size=batch)
+                            w, per_key_batches(m.access, delete=True, batch_size=batch)
                         ),
                         self.row(w, "drain", "py_key_lib", None),
                         empty_after=True,

@@ -7,7 +7,7 @@ A map created with BTF (every map a libbpf object loads) carries ``btf_id``,
 (arrays), strings (char arrays) and enum names. Where the map has no BTF it decodes to None, so
 callers fall back to hex.
 
-This module imports nothing above ``_bindings``: ``maps`` imports it lazily (``Map.decoder()``).
+This module imports nothing above ``_cdata``; ``Map.decoder()`` builds one per map.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _bindings
+from ._cdata import Layout, percpu_slot
 
 # uapi linux/btf.h
 BTF_MAGIC = 0xEB9F
@@ -55,7 +56,12 @@ _MAX_DEPTH = 64  # a malformed (cyclic) type graph stops here instead of recursi
 
 
 class BtfError(ValueError):
-    """The BTF blob is malformed, or a type can't be decoded."""
+    """The BTF blob is malformed, or a type can't be decoded.
+
+    Not a BpfError: no kernel call failed and there is no errno; the bytes the kernel gave are
+    not what this decoder understands, a bad value as ValueError means. A kernel error while
+    fetching BTF (no such id, no permission) is raised as the BpfError it is.
+    """
 
 
 @dataclass(frozen=True)
@@ -413,20 +419,21 @@ class MapDecoder:
         self.value_size = value_size
         self.ncpus = ncpus
         self.percpu = percpu
-        self._slot = (value_size + 7) & ~7
+        self._slot = percpu_slot(value_size)
 
     @classmethod
-    def for_map_info(cls, info: Any, *, ncpus: int = 1, percpu: bool = False) -> MapDecoder:
-        """A decoder for a map described by ``info`` (a MapInfo); no BTF: decodes to None."""
-        btf = load_btf(info.btf_id) if info.btf_id else None
+    def for_map(
+        cls, btf_id: int, key_type_id: int, value_type_id: int, layout: Layout
+    ) -> MapDecoder:
+        """A decoder for a map's BTF ids (from its MapInfo); btf_id 0: decodes to None."""
         return cls(
-            btf,
-            info.btf_key_type_id,
-            info.btf_value_type_id,
-            key_size=info.key_size,
-            value_size=info.value_size,
-            ncpus=ncpus,
-            percpu=percpu,
+            load_btf(btf_id) if btf_id else None,
+            key_type_id,
+            value_type_id,
+            key_size=layout.key_size,
+            value_size=layout.value_size,
+            ncpus=layout.ncpus,
+            percpu=layout.percpu,
         )
 
     @property

@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         _fill(m, n)
         t0 = time.perf_counter()
-        drained = sum(b.count for b in per_key_batches(m, delete=True, batch_size=4096))
+        drained = sum(b.count for b in per_key_batches(m.access, delete=True, batch_size=4096))
         key_s = time.perf_counter() - t0
         assert drained == n and m.next_key() is None, (drained, n)
         print(

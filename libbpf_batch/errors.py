@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+if TYPE_CHECKING:
+    from .batch import Batch
+
+T = TypeVar("T")
 
 ENOTSUPP = 524
 """Kernel-internal errno that leaks to user space for a missing map op; not ENOTSUP/EOPNOTSUPP."""
@@ -13,12 +19,22 @@ class BpfError(OSError):
     """A libbpf call failed; ``errno`` is the kernel's and the message names the call and map.
 
     ``count``, where set, is how many elements the call applied (update/delete batches) before
-    the failure.
+    the failure. ``batch``, where set, holds the elements a failing lookup(-and-delete) batch
+    call still returned (and deleted).
     """
 
     errno: int  # always set: every BpfError is made with the kernel's errno
     count: int | None = None
+    batch: Batch | None = None
     op: str = ""
+
+    def at(self, where: str, detail: str = "") -> BpfError:
+        """This error again, its message naming ``where`` (a map, a path) and ``detail``."""
+        err = error_from_errno(
+            self.errno, self.op or "bpf", f"{where}: {detail}" if detail else where
+        )
+        err.count, err.batch = self.count, self.batch
+        return err
 
 
 class BpfNotFoundError(BpfError, FileNotFoundError):
@@ -59,3 +75,11 @@ def error_from_errno(err: int, op: str, where: str = "") -> BpfError:
     e = _CLASS_BY_ERRNO.get(err, BpfError)(err, f"{subject}: {strerror(err)}")
     e.op = op
     return e
+
+
+def named_call(where: str, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, a BpfError it raises naming ``where``: the one way errors get context."""
+    try:
+        return fn(*args)
+    except BpfError as e:
+        raise e.at(where) from None

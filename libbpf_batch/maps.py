@@ -9,25 +9,34 @@ import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, TypeVar
 
 from . import _bindings
-from ._libbpf import ffi, lib
-from .batch import (
-    DEFAULT_BATCH_SIZE,
-    Batch,
+from ._cdata import (
     BufferLike,
     BytesLike,
+    Layout,
     batch_opts,
+    c_string,
     check_uint,
+    create_opts,
+    element,
     join_elements,
-    lookup_batches,
-    returned_count,
+    read_map_info,
 )
-from .errors import ENOTSUPP, BatchNotSupportedError, BpfError, NotAMapError, error_from_errno
+from ._libbpf import ffi, lib
+from .batch import Batch, MapAccess, lookup_batches, one_batch
+from .btf import MapDecoder
+from .errors import (
+    ENOTSUPP,
+    BatchNotSupportedError,
+    BpfError,
+    NotAMapError,
+    error_from_errno,
+    named_call,
+)
 
-if TYPE_CHECKING:
-    from .btf import MapDecoder
+T = TypeVar("T")
 
 
 class MapType(enum.IntEnum):
@@ -160,16 +169,14 @@ def _require_map_fd(fd: int, op: str, what: str) -> None:
 
 def map_info(fd: int) -> MapInfo:
     """bpf_obj_get_info_by_fd() for a map fd, as a MapInfo."""
-    info = ffi.new("struct bpf_map_info *")
-    size = ffi.new("__u32 *", ffi.sizeof("struct bpf_map_info"))
-    _bindings.bpf_obj_get_info_by_fd(fd, info, size)
+    info = read_map_info(fd)
     try:
         map_type: MapType | int = MapType(info.type)
     except ValueError:
         map_type = info.type
     return MapInfo(
         id=info.id,
-        name=ffi.string(info.name).decode(errors="replace"),
+        name=c_string(info.name),
         type=map_type,
         key_size=info.key_size,
         value_size=info.value_size,
@@ -214,7 +221,7 @@ def _pin_path(path: str | bytes, where: str) -> bytes:
 def _pin_hint(e: BpfError) -> str:
     # The kernel answers EPERM for a path outside a bpffs, which reads like a capability problem.
     if e.errno == errno.EPERM:
-        return " (root or CAP_BPF needed, and the path must be on a bpffs: mount -t bpf bpf DIR)"
+        return "(root or CAP_BPF needed, and the path must be on a bpffs: mount -t bpf bpf DIR)"
     return ""
 
 
@@ -235,14 +242,12 @@ class Map:
             os.close(fd)
             self._fd = -1
             raise
-        self.ncpus = possible_cpus() if self.info.type in PERCPU_TYPES else 1
-        # bpf_map_value_size(): per-CPU values are round_up(value_size, 8) per possible CPU
-        self.value_stride = (
-            ((self.info.value_size + 7) & ~7) * self.ncpus
-            if self.is_percpu
-            else self.info.value_size
+        percpu = self.info.type in PERCPU_TYPES
+        self.layout = Layout(
+            self.info.key_size, self.info.value_size, possible_cpus() if percpu else 1, percpu
         )
         self._where = f"map {self.info.name!r} (id {self.info.id})"
+        self._decoder: MapDecoder | None = None
 
     # -- constructors ------------------------------------------------------------------
     @classmethod
@@ -263,15 +268,14 @@ class Map:
 
         ``inner_map`` (a Map or fd) is the template for HASH_OF_MAPS / ARRAY_OF_MAPS.
         """
-        map_type = MapType(map_type)
+        map_type = MapType(check_uint(map_type, "map_type", 32, "create"))
         raw_name = _check_name(name)
         for what, v in (
             ("key_size", key_size),
             ("value_size", value_size),
             ("max_entries", max_entries),
         ):
-            if not isinstance(v, int) or not 0 <= v < 2**32:
-                raise ValueError(f"create: {what} must be an int in [0, 2**32), got {v!r}")
+            check_uint(v, what, 32, "create")
         if map_type in MAP_OF_MAPS_TYPES and inner_map is None:
             raise ValueError(f"create: {map_type.name} needs inner_map (a Map or map fd)")
         check_uint(flags, "flags", 32, "create")
@@ -282,30 +286,24 @@ class Map:
             check_uint(inner_map, "inner_map (a Map or map fd)", 31, "create")
         if map_type == MapType.LPM_TRIE:
             flags |= MapFlags.NO_PREALLOC
-        opts = ffi.new("struct bpf_map_create_opts *")
-        opts.sz = ffi.sizeof("struct bpf_map_create_opts")
-        opts.map_flags = flags
-        opts.map_extra = map_extra
-        if inner_map is not None:
-            opts.inner_map_fd = inner_map.fd if isinstance(inner_map, Map) else inner_map
-        if numa_node is not None:
-            opts.numa_node = numa_node
-            opts.map_flags |= MapFlags.NUMA_NODE
-        try:
-            fd = _bindings.bpf_map_create(
-                int(map_type), raw_name, key_size, value_size, max_entries, opts
-            )
-        except BpfError as e:
-            raise error_from_errno(
-                e.errno, "bpf_map_create", f"{map_type.name} {name or ''!r}"
-            ) from None
+        inner_fd = inner_map.fd if isinstance(inner_map, Map) else inner_map
+        opts = create_opts(flags, map_extra, inner_fd, numa_node)
+        fd = named_call(
+            f"{map_type.name} {name or ''!r}",
+            _bindings.bpf_map_create,
+            int(map_type),
+            raw_name,
+            key_size,
+            value_size,
+            max_entries,
+            opts,
+        )
         return cls(fd)
 
     @classmethod
     def from_fd(cls, fd: int) -> Map:
         """A Map on a duplicate of ``fd``; the caller keeps (and closes) its own."""
-        if not isinstance(fd, int) or isinstance(fd, bool) or fd < 0:
-            raise TypeError(f"from_fd: fd must be a non-negative int, got {fd!r}")
+        check_uint(fd, "fd", 31, "from_fd")
         _require_map_fd(fd, "from_fd", f"fd {fd}")
         return cls(os.dup(fd))
 
@@ -317,7 +315,7 @@ class Map:
         try:
             fd = _bindings.bpf_obj_get(raw)
         except BpfError as e:
-            raise error_from_errno(e.errno, "bpf_obj_get", repr(where) + _pin_hint(e)) from None
+            raise e.at(repr(where), _pin_hint(e)) from None
         try:
             _require_map_fd(fd, "open_pinned", repr(where))
         except BaseException:
@@ -328,13 +326,8 @@ class Map:
     @classmethod
     def from_id(cls, map_id: int) -> Map:
         """Open the map with this kernel id (bpf_map_get_fd_by_id)."""
-        if not isinstance(map_id, int) or not 0 <= map_id < 2**32:
-            raise ValueError(f"from_id: map id must be an int in [0, 2**32), got {map_id!r}")
-        try:
-            fd = _bindings.bpf_map_get_fd_by_id(map_id)
-        except BpfError as e:
-            raise error_from_errno(e.errno, "bpf_map_get_fd_by_id", f"id {map_id}") from None
-        return cls(fd)
+        check_uint(map_id, "map id", 32, "from_id")
+        return cls(named_call(f"id {map_id}", _bindings.bpf_map_get_fd_by_id, map_id))
 
     def pin(self, path: str | os.PathLike[str]) -> None:
         """Pin the map at ``path``, which must be on a bpffs (bpf_obj_pin)."""
@@ -343,7 +336,7 @@ class Map:
         try:
             _bindings.bpf_obj_pin(fd, raw)
         except BpfError as e:
-            raise self._error(e, f"path {os.fspath(path)!r}{_pin_hint(e)}") from None
+            raise e.at(self._where, f"path {os.fspath(path)!r} {_pin_hint(e)}".rstrip()) from None
 
     # -- lifecycle ---------------------------------------------------------------------
     def close(self) -> None:
@@ -413,29 +406,48 @@ class Map:
     @property
     def is_percpu(self) -> bool:
         """True for per-CPU maps, whose values hold one slot per possible CPU."""
-        return self.info.type in PERCPU_TYPES
+        return self.layout.percpu
+
+    @property
+    def ncpus(self) -> int:
+        """Slots per value: the possible CPUs for per-CPU maps, else 1."""
+        return self.layout.ncpus
+
+    @property
+    def value_stride(self) -> int:
+        """Bytes per value in and out: value_size, or round_up(value_size, 8) x ncpus."""
+        return self.layout.value_stride
+
+    @property
+    def access(self) -> MapAccess:
+        """What the batch loop (``libbpf_batch.batch``) needs of this map: fd, Layout, name.
+
+        Made per use, not kept: it holds the map (an iterator keeps its map open), and a map
+        holding it back would be a reference cycle that delays closing a dropped map.
+        """
+        return MapAccess(self._checked_fd, self.layout, self.info.max_entries, self._where)
 
     def decoder(self) -> MapDecoder:
-        """A BTF decoder for this map's keys and values (see :mod:`libbpf_batch.btf`).
+        """This map's BTF decoder, loaded on first use and kept (see :mod:`libbpf_batch.btf`).
 
         Its ``decode_key``/``decode_value`` return None where the map has no BTF type.
         """
-        from .btf import MapDecoder  # lazy: btf sits beside maps, not below it
+        if self._decoder is None:
+            info = self.info
+            self._decoder = MapDecoder.for_map(
+                info.btf_id, info.btf_key_type_id, info.btf_value_type_id, self.layout
+            )
+        return self._decoder
 
-        return MapDecoder.for_map_info(self.info, ncpus=self.ncpus, percpu=self.is_percpu)
-
-    # -- helpers the batch module shares -----------------------------------------------
+    # -- the fd, checks and error context, for every operation --------------------------
     def _checked_fd(self, op: str) -> int:
         if self._fd < 0:
             raise ValueError(f"{op}: {self._where} is closed")
         return self._fd
 
-    def _error(self, e: BpfError, detail: str = "") -> BpfError:
-        """``e`` again, with this map (and ``detail``) named in the message."""
-        where = f"{self._where}: {detail}" if detail else self._where
-        err = error_from_errno(e.errno, e.op or "bpf", where)
-        err.count = e.count
-        return err
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, a BpfError it raises naming this map."""
+        return named_call(self._where, fn, *args)
 
     def _check_deletable(self, op: str) -> None:
         if self.info.type in UNDELETABLE_TYPES:
@@ -445,55 +457,24 @@ class Map:
                 "deleted, so it can't be drained; read it with items() or batches()",
             )
 
-    def _batch_capacity(self, batch_size: int | None, op: str) -> int:
-        if batch_size is None:
-            return max(1, min(DEFAULT_BATCH_SIZE, self.max_entries))
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
-            raise ValueError(
-                f"{op}: {self._where}: batch_size must be a positive int, got {batch_size!r}"
-            )
-        # A batch never holds more than max_entries elements; a larger buffer only wastes.
-        return max(1, min(batch_size, self.max_entries))
-
     def _key(self, key: BytesLike, op: str) -> Any:
-        try:
-            buf = ffi.from_buffer(key)
-        except TypeError:
-            raise TypeError(
-                f"{op}: {self._where}: key must be bytes-like, not {type(key).__name__}"
-            ) from None
-        if len(buf) != self.info.key_size:
-            raise ValueError(
-                f"{op}: {self._where}: key is {len(buf)} bytes, the map's "
-                f"key_size is {self.info.key_size}"
-            )
-        return buf
+        return element(
+            key,
+            self.key_size,
+            "key",
+            f"{op}: {self._where}",
+            " (the map's key_size)",
+        )
 
     def _value(self, value: BytesLike | Map | int, op: str) -> Any:
+        where = f"{op}: {self._where}"
         if self.info.type in MAP_OF_MAPS_TYPES and isinstance(value, (Map, int)):
             fd = (
-                value.fd
-                if isinstance(value, Map)
-                else check_uint(value, "inner map fd", 31, f"{op}: {self._where}")
-            )  # cffi: OverflowError
-            return ffi.new("__u32 *", fd)
-        try:
-            buf = ffi.from_buffer(value)
-        except TypeError:
-            raise TypeError(
-                f"{op}: {self._where}: value must be bytes-like, not {type(value).__name__}"
-            ) from None
-        if len(buf) != self.value_stride:
-            raise ValueError(
-                f"{op}: {self._where}: value is {len(buf)} bytes, expected "
-                f"{self.value_stride}"
-                + (
-                    f" (round_up({self.value_size}, 8) x {self.ncpus} CPUs)"
-                    if self.is_percpu
-                    else ""
-                )
+                value.fd if isinstance(value, Map) else check_uint(value, "inner map fd", 31, where)
             )
-        return buf
+            return ffi.new("__u32 *", fd)
+        hint = f" (round_up({self.value_size}, 8) x {self.ncpus} CPUs)" if self.is_percpu else ""
+        return element(value, self.value_stride, "value", where, hint)
 
     # -- one key, one syscall ----------------------------------------------------------
     def lookup(self, key: BytesLike, *, flags: int = 0) -> bytes | None:
@@ -502,13 +483,10 @@ class Map:
         k = self._key(key, "bpf_map_lookup_elem")
         check_uint(flags, "flags", 64, f"bpf_map_lookup_elem: {self._where}")
         value = ffi.new("char[]", self.value_stride)
-        try:
-            if flags:
-                found = _bindings.bpf_map_lookup_elem_flags(fd, k, value, flags)
-            else:
-                found = _bindings.bpf_map_lookup_elem(fd, k, value)
-        except BpfError as e:
-            raise self._error(e) from None
+        if flags:
+            found = self._call(_bindings.bpf_map_lookup_elem_flags, fd, k, value, flags)
+        else:
+            found = self._call(_bindings.bpf_map_lookup_elem, fd, k, value)
         return ffi.buffer(value)[:] if found else None
 
     def update(self, key: BytesLike, value: BytesLike | Map | int, flags: int = 0) -> None:
@@ -520,29 +498,20 @@ class Map:
         k = self._key(key, "bpf_map_update_elem")
         v = self._value(value, "bpf_map_update_elem")
         check_uint(flags, "flags", 64, f"bpf_map_update_elem: {self._where}")
-        try:
-            _bindings.bpf_map_update_elem(fd, k, v, flags)
-        except BpfError as e:
-            raise self._error(e) from None
+        self._call(_bindings.bpf_map_update_elem, fd, k, v, flags)
 
     def delete(self, key: BytesLike) -> bool:
         """Delete the key; False when it was missing."""
         fd = self._checked_fd("bpf_map_delete_elem")
         k = self._key(key, "bpf_map_delete_elem")
-        try:
-            return _bindings.bpf_map_delete_elem(fd, k)
-        except BpfError as e:
-            raise self._error(e) from None
+        return self._call(_bindings.bpf_map_delete_elem, fd, k)
 
     def next_key(self, key: BytesLike | None = None) -> bytes | None:
         """The key after ``key`` (None: the first key); None at the end of the map."""
         fd = self._checked_fd("bpf_map_get_next_key")
         k = _bindings.NULL if key is None else self._key(key, "bpf_map_get_next_key")
-        out = ffi.new("char[]", self.info.key_size)
-        try:
-            found = _bindings.bpf_map_get_next_key(fd, k, out)
-        except BpfError as e:
-            raise self._error(e) from None
+        out = ffi.new("char[]", self.key_size)
+        found = self._call(_bindings.bpf_map_get_next_key, fd, k, out)
         return ffi.buffer(out)[:] if found else None
 
     def lookup_and_delete(self, key: BytesLike) -> bytes | None:
@@ -550,10 +519,7 @@ class Map:
         fd = self._checked_fd("bpf_map_lookup_and_delete_elem")
         k = self._key(key, "bpf_map_lookup_and_delete_elem")
         value = ffi.new("char[]", self.value_stride)
-        try:
-            found = _bindings.bpf_map_lookup_and_delete_elem(fd, k, value)
-        except BpfError as e:
-            raise self._error(e) from None
+        found = self._call(_bindings.bpf_map_lookup_and_delete_elem, fd, k, value)
         return ffi.buffer(value)[:] if found else None
 
     def __contains__(self, key: BytesLike) -> bool:
@@ -569,7 +535,7 @@ class Map:
         ``done`` says the walk is over. ENOSPC means the next hash bucket holds more than
         ``count`` elements: retry from the same cursor with a larger count.
         """
-        return self._one_batch(False, count, cursor, elem_flags, flags)
+        return one_batch(self.access, False, count, cursor, elem_flags, flags)
 
     def lookup_and_delete_batch(
         self, count: int, cursor: bytes | None = None, *, elem_flags: int = 0, flags: int = 0
@@ -578,67 +544,7 @@ class Map:
 
         If the kernel fails after deleting elements, the error's ``batch`` holds them.
         """
-        return self._one_batch(True, count, cursor, elem_flags, flags)
-
-    def _one_batch(
-        self, delete: bool, count: int, cursor: bytes | None, elem_flags: int, flags: int
-    ) -> Batch:
-        op = "bpf_map_lookup_and_delete_batch" if delete else "bpf_map_lookup_batch"
-        call = (
-            _bindings.bpf_map_lookup_and_delete_batch if delete else _bindings.bpf_map_lookup_batch
-        )
-        fd = self._checked_fd(op)
-        if not isinstance(count, int) or isinstance(count, bool) or not 0 < count < 2**32:
-            # count 0 would "succeed" with nothing read (hashtab.c), hiding a caller's bug
-            raise ValueError(
-                f"{op}: {self._where}: count must be an int in [1, 2**32), got {count!r}"
-            )
-        capacity = min(count, max(self.max_entries, 1))
-        cursor_size = max(4, self.key_size)  # hash maps keep a u32 bucket index
-        out = ffi.new("char[]", cursor_size)
-        in_batch = _bindings.NULL
-        if cursor is not None:
-            try:
-                c = ffi.from_buffer(cursor)
-            except TypeError:
-                raise TypeError(
-                    f"{op}: {self._where}: cursor must be bytes-like (a "
-                    f"Batch.cursor), not {type(cursor).__name__}"
-                ) from None
-            if len(c) != cursor_size:
-                raise ValueError(
-                    f"{op}: {self._where}: cursor is {len(c)} bytes, expected "
-                    f"{cursor_size} (pass Batch.cursor back unchanged)"
-                )
-            ffi.memmove(out, c, cursor_size)
-            in_batch = out
-        keys = ffi.new("char[]", capacity * self.key_size)
-        values = ffi.new("char[]", capacity * self.value_stride)
-        n = ffi.new("__u32 *", capacity)
-        opts = batch_opts(elem_flags, flags, f"{op}: {self._where}")
-
-        def batch(done: bool) -> Batch:
-            k = n[0]
-            return Batch(
-                k,
-                ffi.buffer(keys, k * self.key_size)[:],
-                ffi.buffer(values, k * self.value_stride)[:],
-                ffi.buffer(out)[:],
-                done,
-                self.key_size,
-                self.value_size,
-                self.value_stride,
-                self.ncpus,
-            )
-
-        try:
-            done = call(fd, in_batch, out, keys, values, n, opts)
-        except BpfError as e:
-            err = self._error(e)
-            n[0] = returned_count(e, n[0])
-            err.batch = batch(False)  # type: ignore[attr-defined]
-            raise err from None
-        return batch(done)
+        return one_batch(self.access, True, count, cursor, elem_flags, flags)
 
     def update_batch(
         self,
@@ -655,22 +561,20 @@ class Map:
         applied. The kernel accepts elem_flags 0 or ElemFlags.LOCK only.
         """
         op = "bpf_map_update_batch"
+        where = f"{op}: {self._where}"
         fd = self._checked_fd(op)
-        try:
-            k, nk = join_elements(keys, self.key_size, "keys")
-            v, nv = join_elements(values, self.value_stride, "values")
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"{op}: {self._where}: {e}") from None
+        k, nk = join_elements(keys, self.key_size, "keys", where)
+        v, nv = join_elements(values, self.value_stride, "values", where)
         if nk != nv:
-            raise ValueError(f"{op}: {self._where}: {nk} keys but {nv} values")
-        opts = batch_opts(elem_flags, flags, f"{op}: {self._where}")
+            raise ValueError(f"{where}: {nk} keys but {nv} values")
+        opts = batch_opts(elem_flags, flags, where)
         if nk == 0:
             return 0
         count = ffi.new("__u32 *", nk)
         try:
             _bindings.bpf_map_update_batch(fd, k, v, count, opts)
         except BpfError as e:
-            err = self._error(e)
+            err = e.at(self._where)
             # count == nk means the kernel refused before applying anything (flag checks)
             err.count = count[0] if count[0] < nk else 0
             raise err from None
@@ -685,12 +589,10 @@ class Map:
         call per missing key is made.
         """
         op = "bpf_map_delete_batch"
+        where = f"{op}: {self._where}"
         fd = self._checked_fd(op)
-        try:
-            k, n = join_elements(keys, self.key_size, "keys")
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"{op}: {self._where}: {e}") from None
-        opts = batch_opts(elem_flags, flags, f"{op}: {self._where}")
+        k, n = join_elements(keys, self.key_size, "keys", where)
+        opts = batch_opts(elem_flags, flags, where)
         count = ffi.new("__u32 *")
         deleted = offset = 0
         while offset < n:
@@ -704,7 +606,7 @@ class Map:
                     deleted += done
                     offset += done + 1  # skip the missing key
                     continue
-                err = self._error(e)
+                err = e.at(self._where)
                 err.count = deleted + done
                 raise err from None
             deleted += remaining
@@ -737,7 +639,12 @@ class Map:
         first key, so keys may repeat.
         """
         return lookup_batches(
-            self, delete=False, batch_size=batch_size, elem_flags=elem_flags, flags=flags, copy=copy
+            self.access,
+            delete=False,
+            batch_size=batch_size,
+            elem_flags=elem_flags,
+            flags=flags,
+            copy=copy,
         )
 
     def drain(
@@ -753,8 +660,16 @@ class Map:
         Every element is delivered exactly once; inserts made meanwhile into buckets already
         drained stay in the map. Stopping early leaves the rest in the map.
         """
+        op = "bpf_map_lookup_and_delete_batch"
+        self._checked_fd(op)
+        self._check_deletable(op)
         return lookup_batches(
-            self, delete=True, batch_size=batch_size, elem_flags=elem_flags, flags=flags, copy=copy
+            self.access,
+            delete=True,
+            batch_size=batch_size,
+            elem_flags=elem_flags,
+            flags=flags,
+            copy=copy,
         )
 
     # items/keys/values/drain_items chain each batch's C-level iterator (Batch.__iter__) so

@@ -13,20 +13,15 @@ this library::
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from . import _bindings
-from .errors import BpfError, error_from_errno
+from .errors import named_call
 from .maps import Map
 
-
-def _again(e: BpfError, op: str, where: str) -> BpfError:
-    """``e`` with ``op`` and ``where`` (path, map or program) in its message."""
-    return error_from_errno(e.errno or errno.EIO, op, where)
-
+T = TypeVar("T")
 
 SO_ATTACH_BPF = getattr(socket, "SO_ATTACH_BPF", 50)  # asm-generic/socket.h
 SO_DETACH_BPF = getattr(socket, "SO_DETACH_BPF", 27)  # same value as SO_DETACH_FILTER
@@ -77,11 +72,12 @@ class BpfObject:
     def open_file(cls, path: str | os.PathLike[str]) -> BpfObject:
         """Open (parse, not load) an ELF BPF object (bpf_object__open_file)."""
         where = os.fspath(path)
-        try:
-            handle = _bindings.bpf_object__open_file(os.fsencode(where))
-        except BpfError as e:
-            raise _again(e, "bpf_object__open_file", repr(where)) from None
+        handle = named_call(repr(where), _bindings.bpf_object__open_file, os.fsencode(where))
         return cls(handle, where)
+
+    def _call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, a BpfError it raises naming this object's path and ``what``."""
+        return named_call(f"{self.path!r}: {what}" if what else repr(self.path), fn, *args)
 
     def _obj(self, op: str) -> Any:
         if self._handle is None:
@@ -90,32 +86,21 @@ class BpfObject:
 
     def load(self) -> BpfObject:
         """Create the maps and load the programs into the kernel (bpf_object__load)."""
-        try:
-            _bindings.bpf_object__load(self._obj("bpf_object__load"))
-        except BpfError as e:
-            raise _again(e, "bpf_object__load", repr(self.path)) from None
+        self._call("", _bindings.bpf_object__load, self._obj("bpf_object__load"))
         self.loaded = True
         return self
 
     def _map_handle(self, name: str) -> Any:
-        try:
-            return _bindings.bpf_object__find_map_by_name(
-                self._obj("bpf_object__find_map_by_name"), name.encode()
-            )
-        except BpfError as e:
-            raise _again(
-                e, "bpf_object__find_map_by_name", f"{self.path!r}: map {name!r}"
-            ) from None
+        obj = self._obj("bpf_object__find_map_by_name")
+        return self._call(
+            f"map {name!r}", _bindings.bpf_object__find_map_by_name, obj, name.encode()
+        )
 
     def _program_handle(self, name: str) -> Any:
-        try:
-            return _bindings.bpf_object__find_program_by_name(
-                self._obj("bpf_object__find_program_by_name"), name.encode()
-            )
-        except BpfError as e:
-            raise _again(
-                e, "bpf_object__find_program_by_name", f"{self.path!r}: program {name!r}"
-            ) from None
+        obj = self._obj("bpf_object__find_program_by_name")
+        return self._call(
+            f"program {name!r}", _bindings.bpf_object__find_program_by_name, obj, name.encode()
+        )
 
     def map(self, name: str) -> Map:
         """The loaded map ``name`` (as in the C source; '.bss' etc. for global data).
@@ -136,10 +121,8 @@ class BpfObject:
         Socket filters have no such attach point: use :meth:`attach_socket`.
         """
         self._require_loaded("attach")
-        try:
-            handle = _bindings.bpf_program__attach(self._program_handle(name))
-        except BpfError as e:
-            raise _again(e, "bpf_program__attach", f"{self.path!r}: program {name!r}") from None
+        prog = self._program_handle(name)
+        handle = self._call(f"program {name!r}", _bindings.bpf_program__attach, prog)
         link = Link(handle, name)
         self._links.append(link)
         return link

@@ -129,9 +129,7 @@ def fill(m: Map, n: int, value: Callable[[int], bytes] | None = None) -> dict[by
     if value is None:
 
         def value(i: int) -> bytes:
-            slot = (
-                (i + 1).to_bytes(8, "little")[: m.value_size].ljust((m.value_size + 7) & ~7, b"\0")
-            )
+            slot = (i + 1).to_bytes(8, "little")[: m.value_size].ljust(m.layout.slot, b"\0")
             return (
                 slot * m.ncpus
                 if m.is_percpu

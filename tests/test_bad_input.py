@@ -204,15 +204,15 @@ ROWS = [
     ),
     Row(
         "create/type-str",
-        lambda w: Map.create("hash", 4, 8, 4),
-        ValueError,  # type: ignore[arg-type]
-        op="MapType",
+        lambda w: Map.create("hash", 4, 8, 4),  # type: ignore[arg-type]
+        TypeError,
+        op="create: map_type",
         map=None,
     ),
     Row(
         "create/key_size-str",
         lambda w: Map.create(MapType.HASH, "4", 8, 4),  # type: ignore[arg-type]
-        ValueError,
+        TypeError,
         op="create: key_size",
         map=None,
     ),
@@ -305,7 +305,7 @@ ROWS = [
         op="from_fd",  # type: ignore[arg-type]
         map=None,
     ),
-    Row("from_fd/negative", lambda w: Map.from_fd(-1), TypeError, op="from_fd", map=None),
+    Row("from_fd/negative", lambda w: Map.from_fd(-1), ValueError, op="from_fd", map=None),
     Row("from_fd/bool", lambda w: Map.from_fd(True), TypeError, op="from_fd", map=None),
     Row(
         "from_fd/pipe", lambda w: Map.from_fd(w.pipe_r), NotAMapError, errno.EINVAL, "from_fd", None
@@ -347,8 +347,8 @@ ROWS = [
     Row("from_id/huge", lambda w: Map.from_id(2**32), ValueError, op="from_id", map=None),
     Row(
         "from_id/str",
-        lambda w: Map.from_id("1"),
-        ValueError,
+        lambda w: Map.from_id("1"),  # type: ignore[arg-type]
+        TypeError,
         op="from_id",  # type: ignore[arg-type]
         map=None,
     ),
@@ -632,9 +632,9 @@ for _name, _op in (("lookup_batch", LB), ("lookup_and_delete_batch", LADB)):
         Row(f"{_name}/count-0", _call(_name, 0), ValueError, op=_op),
         Row(f"{_name}/count-negative", _call(_name, -1), ValueError, op=_op),
         Row(f"{_name}/count-huge", _call(_name, 2**32), ValueError, op=_op),
-        Row(f"{_name}/count-str", _call(_name, "4"), ValueError, op=_op),
-        Row(f"{_name}/count-float", _call(_name, 4.0), ValueError, op=_op),
-        Row(f"{_name}/count-bool", _call(_name, True), ValueError, op=_op),
+        Row(f"{_name}/count-str", _call(_name, "4"), TypeError, op=_op),
+        Row(f"{_name}/count-float", _call(_name, 4.0), TypeError, op=_op),
+        Row(f"{_name}/count-bool", _call(_name, True), TypeError, op=_op),
         Row(f"{_name}/cursor-short", _call(_name, 4, b"\0"), ValueError, op=_op),
         Row(f"{_name}/cursor-str", _call(_name, 4, "abcd"), TypeError, op=_op),
         Row(f"{_name}/elem_flags-negative", _call(_name, 4, elem_flags=-1), ValueError, op=_op),
@@ -820,8 +820,9 @@ for _name, _op in ITERATORS.items():
     ROWS += [
         Row(f"{_name}/batch_size-0", _it(_name, "m", 0), ValueError, op=_op),
         Row(f"{_name}/batch_size-negative", _it(_name, "m", -8), ValueError, op=_op),
-        Row(f"{_name}/batch_size-str", _it(_name, "m", "8"), ValueError, op=_op),
-        Row(f"{_name}/batch_size-float", _it(_name, "m", 8.0), ValueError, op=_op),
+        Row(f"{_name}/batch_size-str", _it(_name, "m", "8"), TypeError, op=_op),
+        Row(f"{_name}/batch_size-float", _it(_name, "m", 8.0), TypeError, op=_op),
+        Row(f"{_name}/batch_size-bool", _it(_name, "m", True), TypeError, op=_op),
         Row(f"{_name}/closed", _it(_name, "closed"), ValueError, op=_op, map="closed"),
     ]
     if _op == LADB:

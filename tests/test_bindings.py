@@ -19,8 +19,8 @@ from libbpf_batch import (
     MapType,
     _bindings,
 )
+from libbpf_batch._cdata import batch_opts
 from libbpf_batch._libbpf import ffi, lib
-from libbpf_batch.batch import batch_opts
 from libbpf_batch.errors import ENOTSUPP
 
 MakeMap = Callable[..., Map]
@@ -288,7 +288,7 @@ def test_lookup_batch_with_flags_on_a_hash_is_einval(hash3: Map) -> None:
     keys, values, cursor, count = out(4 * 4), out(8 * 4), out(4), counter(4)
     with pytest.raises(BpfError) as info:
         _bindings.bpf_map_lookup_batch(
-            hash3.fd, _bindings.NULL, cursor, keys, values, count, batch_opts(0, 1)
+            hash3.fd, _bindings.NULL, cursor, keys, values, count, batch_opts(0, 1, "test")
         )
     assert info.value.errno == errno.EINVAL
     assert info.value.op == "bpf_map_lookup_batch"

@@ -95,7 +95,7 @@ def entries_from_json(entries: list[dict[str, object]], m: Map) -> dict[bytes, b
             slots = e["values"]
             assert [s["cpu"] for s in slots] == list(range(m.ncpus))  # type: ignore[union-attr]
             value = b"".join(
-                unhex(s["value"]).ljust((m.value_size + 7) & ~7, b"\0")  # type: ignore[index]
+                unhex(s["value"]).ljust(m.layout.slot, b"\0")  # type: ignore[index]
                 for s in slots
             )  # type: ignore[union-attr]
         else:
@@ -129,7 +129,7 @@ def test_dump_csv_round_trips(fixture: str, request: pytest.FixtureRequest) -> N
     rows = list(csv.DictReader(io.StringIO(ok("dump", "id", m.id, "--format", "csv"))))
     got: dict[bytes, bytes] = {}
     if m.is_percpu:
-        slot = (m.value_size + 7) & ~7
+        slot = m.layout.slot
         for r in rows:
             key = bytes.fromhex(r["key"])
             assert int(r["cpu"]) == len(got.get(key, b"")) // slot

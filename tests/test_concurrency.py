@@ -47,7 +47,7 @@ def value_of(key: int, version: int) -> bytes:
 
 
 def slots(m: Map, value: bytes) -> list[bytes]:
-    return [value[i : i + VALUE_SIZE] for i in range(0, len(value), (VALUE_SIZE + 7) & ~7)]
+    return [value[i : i + VALUE_SIZE] for i in range(0, len(value), m.layout.slot)]
 
 
 def full_value(m: Map, key: int, version: int) -> bytes:

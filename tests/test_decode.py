@@ -14,17 +14,14 @@ import pytest
 from conftest import require_module, u32, u64
 
 from libbpf_batch import Batch, Map, MapType
+from libbpf_batch._cdata import Layout
 
 MakeMap = Callable[..., Map]
 
 
-def _slot(value_size: int) -> int:
-    return (value_size + 7) & ~7
-
-
 def percpu_value(m: Map, per_cpu: Callable[[int], bytes], pad: bytes = b"\0") -> bytes:
     """A per-CPU value: per_cpu(cpu) in each slot, padded to 8 bytes with ``pad``."""
-    slot = _slot(m.value_size)
+    slot = m.layout.slot
     return b"".join(per_cpu(c).ljust(slot, pad) for c in range(m.ncpus))
 
 
@@ -86,19 +83,19 @@ def test_batch_pairs_and_lists_match_the_flat_buffers(make_map: MakeMap) -> None
 def test_pairs_of_a_hand_made_batch_accept_any_buffer_type() -> None:
     keys = array.array("I", [1, 2, 3])  # a memoryview of it has format 'I', not 'B'
     values = bytearray(u64(10) + u64(20) + u64(30))
-    b = Batch(3, memoryview(keys), values, b"", True, 4, 8, 8)
+    b = Batch(Layout(4, 8), 3, memoryview(keys), values, b"", True)
     assert list(b) == [(u32(1), u64(10)), (u32(2), u64(20)), (u32(3), u64(30))]
     assert b.unpack("<I", "<Q") == [(1, 10), (2, 20), (3, 30)]
 
 
 def test_a_batch_longer_than_its_count_yields_only_count_elements() -> None:
-    b = Batch(2, u32(1) + u32(2) + u32(3), u64(1) + u64(2) + u64(3), b"", False, 4, 8, 8)
+    b = Batch(Layout(4, 8), 2, u32(1) + u32(2) + u32(3), u64(1) + u64(2) + u64(3))
     assert list(b) == [(u32(1), u64(1)), (u32(2), u64(2))]
     assert b.unpack("<I", "<Q") == [(1, 1), (2, 2)]
 
 
 def test_empty_batch_decodes_to_nothing() -> None:
-    b = Batch(0, b"", b"", b"", True, 4, 8, 8)
+    b = Batch(Layout(4, 8), 0, b"", b"", b"", True)
     assert list(b) == [] and b.key_list() == [] and b.unpack("<I", "<Q") == []
 
 
@@ -163,7 +160,7 @@ def test_unpack_none_leaves_bytes(make_map: MakeMap) -> None:
 
 
 def test_unpack_refuses_a_format_longer_than_the_element() -> None:
-    b = Batch(1, u32(1), u64(1), b"", True, 4, 8, 8)
+    b = Batch(Layout(4, 8), 1, u32(1), u64(1), b"", True)
     with pytest.raises(ValueError, match="needs 8 bytes, elements have 4"):
         b.unpack("<Q")
 
@@ -264,7 +261,7 @@ def test_to_numpy_takes_explicit_and_structured_dtypes(make_map: MakeMap) -> Non
 
 def test_to_numpy_refuses_a_dtype_of_the_wrong_size() -> None:
     require_module("numpy")
-    b = Batch(1, u32(1), u64(1), b"", True, 4, 8, 8)
+    b = Batch(Layout(4, 8), 1, u32(1), u64(1), b"", True)
     with pytest.raises(ValueError, match="key dtype uint64 is 8 bytes"):
         b.to_numpy(key_dtype="<u8")
     with pytest.raises(ValueError, match="value dtype uint32 is 4 bytes"):
@@ -303,7 +300,7 @@ def test_to_numpy_percpu_padding_stays_out_of_a_hand_made_batch() -> None:
     values = b"".join(
         struct.pack("<I", e * 10 + c) + b"\xff" * 4 for e in range(2) for c in range(3)
     )
-    b = Batch(2, u32(7) + u32(8), values, b"", True, 4, 4, 24, 3)
+    b = Batch(Layout(4, 4, ncpus=3, percpu=True), 2, u32(7) + u32(8), values, b"", True)
     keys, vals = b.to_numpy()
     assert keys.tolist() == [7, 8]
     assert vals.shape == (2, 3) and vals.dtype == np.dtype("<u4")

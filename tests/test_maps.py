@@ -268,12 +268,6 @@ def test_from_fd_of_a_closed_fd_is_ebadf(bpf: None) -> None:
     assert info.value.errno == errno.EBADF
 
 
-@pytest.mark.parametrize("fd", [-1, "3", 1.0, True], ids=["negative", "str", "float", "bool"])
-def test_from_fd_refuses_a_non_fd(bpf: None, fd: Any) -> None:
-    with pytest.raises(TypeError, match="from_fd"):
-        Map.from_fd(fd)
-
-
 def test_from_id_opens_the_same_map(make_map: MakeMap) -> None:
     m = make_map(MapType.HASH, 4, 8, 4, name="by_id")
     m.update(u32(3), u64(33))
@@ -286,12 +280,6 @@ def test_from_id_opens_the_same_map(make_map: MakeMap) -> None:
 def test_from_id_unknown_is_not_found_naming_the_id(bpf: None) -> None:
     with pytest.raises(BpfNotFoundError, match=r"id 2147483646"):
         Map.from_id(0x7FFFFFFE)
-
-
-@pytest.mark.parametrize("map_id", [-1, 2**32, "1"], ids=["negative", "too-big", "str"])
-def test_from_id_refuses_a_bad_id(bpf: None, map_id: Any) -> None:
-    with pytest.raises(ValueError, match="from_id"):
-        Map.from_id(map_id)
 
 
 @pytest.fixture
@@ -645,8 +633,8 @@ def test_wrong_key_length_is_value_error_naming_op_and_map(
     args = (key, u64(0)) if op == "update" else (key,)
     with pytest.raises(
         ValueError,
-        match=rf"bpf_map_\w+: {where(m)}: key is {len(key)} bytes, "
-        r"the map's key_size is 4",
+        match=rf"bpf_map_\w+: {where(m)}: key is {len(key)} bytes, expected 4 "
+        r"\(the map's key_size\)",
     ):
         call(*args)
     assert contents(m) == expected
@@ -864,21 +852,6 @@ def test_lookup_batch_refuses_a_cursor_of_the_wrong_size(make_filled: MakeFilled
         r"bytes, expected 8",
     ):
         m.lookup_batch(2, u32(0))
-
-
-@pytest.mark.parametrize(
-    "count",
-    [0, -1, 2**32, 1.5, True, "4"],
-    ids=["zero", "negative", "too-big", "float", "bool", "str"],
-)
-@pytest.mark.parametrize("op", ["lookup_batch", "lookup_and_delete_batch"])
-def test_bad_count_is_value_error_before_the_syscall(
-    make_filled: MakeFilled, op: str, count: Any
-) -> None:
-    m, expected = make_filled(MapType.HASH, 4)
-    with pytest.raises(ValueError, match=rf"bpf_map_{op}: {where(m)}: count must be"):
-        getattr(m, op)(count)
-    assert contents(m) == expected
 
 
 def test_lookup_and_delete_batch_on_an_array_is_not_supported(make_filled: MakeFilled) -> None:
