@@ -2,6 +2,7 @@
 
 from .batch import DEFAULT_BATCH_SIZE, Batch
 from .btf import Btf, BtfError, MapDecoder
+from .double_buffer import DoubleBufferedMap, get_include, is_double_buffered
 from .errors import (
     ENOTSUPP,
     BatchNotSupportedError,
@@ -26,6 +27,7 @@ __all__ = [
     "BpfPermissionError",
     "Btf",
     "BtfError",
+    "DoubleBufferedMap",
     "ElemFlags",
     "Link",
     "Map",
@@ -35,6 +37,8 @@ __all__ = [
     "MapType",
     "NotAMapError",
     "__version__",
+    "get_include",
+    "is_double_buffered",
     "map_ids",
     "possible_cpus",
 ]
