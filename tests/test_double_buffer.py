@@ -8,7 +8,9 @@ program writes: the double buffer must deliver exactly the number of calls made.
 from __future__ import annotations
 
 import contextlib
+import re
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -490,3 +492,39 @@ def test_double_buffered_harvests_count_every_increment_under_load(
     assert totals["db"] == calls
     assert totals["harvests_with_calls"] >= 5  # the swaps really split the workload
     assert 0 <= lost <= calls  # a drain loses increments; it never invents them
+
+
+# -- the example ----------------------------------------------------------------------------
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "double_buffer"
+
+
+def test_example_harvests_syscall_counts(bpf: None, tmp_path: Path) -> None:
+    try:
+        obj = compile_program(EXAMPLE / "syscount.bpf.c", tmp_path, [get_include()])
+    except Unavailable as e:
+        skip_or_fail(str(e))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLE / "harvest.py"),
+            "--object",
+            str(obj),
+            "--count",
+            "2",
+            "--interval",
+            "0.2",
+            "--top",
+            "3",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert re.match(
+        r"-- harvest 1: \d+ keys, [\d,]+ syscalls in [\d.]+s \(swap [\d.]+ ms\)$", lines[0]
+    )
+    assert lines[1].split() == ["PID", "COMM", "NR", "CALLS", "CALLS/s"]
+    assert any(line.startswith("-- harvest 2: ") for line in lines)
