@@ -335,7 +335,14 @@ class DoubleBufferedMap:
     def __del__(self) -> None:
         if getattr(self, "_outer", None) is not None:
             warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
-            self.close()
+            # never wait here: gc may finalize us before a harvest generator holding the lock
+            if self._lock.acquire(blocking=False):
+                try:
+                    self._close()
+                finally:
+                    self._lock.release()
+            else:
+                self._close()
 
     def __repr__(self) -> str:
         if self._outer is None or self._current is None:

@@ -8,6 +8,7 @@ program writes: the double buffer must deliver exactly the number of calls made.
 from __future__ import annotations
 
 import contextlib
+import gc
 import re
 import struct
 import subprocess
@@ -528,3 +529,18 @@ def test_example_harvests_syscall_counts(bpf: None, tmp_path: Path) -> None:
     )
     assert lines[1].split() == ["PID", "COMM", "NR", "CALLS", "CALLS/s"]
     assert any(line.startswith("-- harvest 2: ") for line in lines)
+
+
+def test_unclosed_double_buffered_map_warns_and_closes_its_maps(
+    make_outer: Callable[..., tuple[Map, Map]],
+) -> None:
+    outer, _ = make_outer()
+    db = DoubleBufferedMap(outer)
+    list(db.harvest())
+    created = db.current.id
+    list(db.harvest())  # the caller's inner map is back in the slot; db alone holds `created`
+    with pytest.warns(ResourceWarning, match="unclosed <DoubleBufferedMap 'outer'"):  # noqa: PT031
+        del db
+        gc.collect()
+    with pytest.raises(BpfNotFoundError):
+        Map.from_id(created)
