@@ -105,7 +105,8 @@ class DoubleBufferedMap:
     Exact for programs that look the inner map up through the outer map once per run
     (``lbb_double_buffer_current()``) and are not sleepable: the kernel does not wait for
     sleepable programs (SEC("*.s")) when the slot is updated. One harvester per outer map: a
-    slot changed by anyone else (another process harvesting, a reloaded program) is refused.
+    slot changed by anyone else (another process harvesting, a reloaded program) is refused;
+    after fork(), only one of the two processes may harvest.
     Needs CAP_SYS_ADMIN (the inner maps are opened by id, as :meth:`Map.from_id`).
     """
 
