@@ -125,6 +125,7 @@ int bpf_obj_pin(int fd, const char *pathname);
 int bpf_obj_get(const char *pathname);
 int bpf_map_get_next_id(__u32 start_id, __u32 *next_id);
 int bpf_map_get_fd_by_id(__u32 id);
+int bpf_btf_get_fd_by_id(__u32 id);
 int bpf_obj_get_info_by_fd(int bpf_fd, void *info, __u32 *info_len);
 
 /* libbpf.h */

@@ -3,6 +3,7 @@
 from ._cdata import Layout
 from .batch import DEFAULT_BATCH_SIZE, Batch
 from .btf import Btf, BtfError, MapDecoder
+from .double_buffer import DoubleBufferedMap, get_include, is_double_buffered
 from .errors import (
     ENOTSUPP,
     BatchNotSupportedError,
@@ -27,6 +28,7 @@ __all__ = [
     "BpfPermissionError",
     "Btf",
     "BtfError",
+    "DoubleBufferedMap",
     "ElemFlags",
     "Layout",
     "Link",
@@ -37,6 +39,8 @@ __all__ = [
     "MapType",
     "NotAMapError",
     "__version__",
+    "get_include",
+    "is_double_buffered",
     "map_ids",
     "possible_cpus",
 ]

@@ -156,6 +156,11 @@ def bpf_map_get_fd_by_id(map_id: int) -> int:
     return _check(lib.bpf_map_get_fd_by_id(map_id), "bpf_map_get_fd_by_id")
 
 
+def bpf_btf_get_fd_by_id(btf_id: int) -> int:
+    """bpf_btf_get_fd_by_id(): a new fd for the BTF object."""
+    return _check(lib.bpf_btf_get_fd_by_id(btf_id), "bpf_btf_get_fd_by_id")
+
+
 def bpf_obj_get_info_by_fd(bpf_fd: int, info: CData, info_len: CData) -> None:
     """bpf_obj_get_info_by_fd(); ``info_len`` (``__u32 *``) is updated in place."""
     _check(lib.bpf_obj_get_info_by_fd(bpf_fd, info, info_len), "bpf_obj_get_info_by_fd")

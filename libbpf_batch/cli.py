@@ -318,6 +318,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_includes(args: argparse.Namespace) -> int:
+    from .double_buffer import get_include
+
+    print(f"-I{get_include()}")
+    return 0
+
+
 # -- bench --------------------------------------------------------------------------------
 def cmd_bench(argv: Sequence[str]) -> int:
     import importlib
@@ -469,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit after serving N scrapes",
     )
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "includes",
+        help="the -I flag for <libbpf_batch/double_buffer.bpf.h> (clang ... $(libbpf-batch includes))",
+    )
+    p.set_defaults(func=cmd_includes)
 
     sub.add_parser(
         "bench",

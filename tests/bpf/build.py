@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,13 +36,18 @@ def include_dirs() -> list[Path]:
     return dirs
 
 
-def compile_program(source: Path, out_dir: Path) -> Path:
-    """``clang -target bpf -g -O2`` ``source`` into ``out_dir``; the object's path."""
+def compile_program(source: Path, out_dir: Path, include: Sequence[str | Path] = ()) -> Path:
+    """``clang -target bpf -g -O2`` ``source`` into ``out_dir``; the object's path.
+
+    ``include``: more ``-I`` directories, searched first (e.g. libbpf_batch.get_include()).
+    """
     clang = shutil.which("clang")
     if clang is None:
         raise Unavailable("clang is not installed (apt-get install clang llvm, or `make deps`)")
     out = out_dir / (source.name.removesuffix(".c") + ".o")
     cmd = [clang, "-target", "bpf", "-g", "-O2", "-Wall", "-Werror"]
+    for d in include:
+        cmd += ["-I", str(d)]
     for d in include_dirs():
         cmd += ["-idirafter" if str(d).startswith("/usr/include") else "-I", str(d)]
     cmd += ["-c", str(source), "-o", str(out)]
