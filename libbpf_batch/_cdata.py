@@ -129,13 +129,22 @@ def batch_opts(elem_flags: int, flags: int, where: str) -> Any:
 
 
 def create_opts(
-    map_flags: int, map_extra: int, inner_map_fd: int | None, numa_node: int | None
+    map_flags: int,
+    map_extra: int,
+    inner_map_fd: int | None,
+    numa_node: int | None,
+    btf: tuple[int, int, int] | None = None,
 ) -> Any:
-    """A filled ``struct bpf_map_create_opts``; numa_node also sets BPF_F_NUMA_NODE."""
+    """A filled ``struct bpf_map_create_opts``; numa_node also sets BPF_F_NUMA_NODE.
+
+    ``btf`` is (btf_fd, btf_key_type_id, btf_value_type_id).
+    """
     opts = ffi.new("struct bpf_map_create_opts *")
     opts.sz = ffi.sizeof("struct bpf_map_create_opts")
     opts.map_flags = map_flags
     opts.map_extra = map_extra
+    if btf is not None:
+        opts.btf_fd, opts.btf_key_type_id, opts.btf_value_type_id = btf
     if inner_map_fd is not None:
         opts.inner_map_fd = inner_map_fd
     if numa_node is not None:

@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _bindings
-from ._libbpf import ffi
 from .batch import Batch
-from .errors import BpfError, error_from_errno
+from .errors import BpfError, named_call
 from .maps import UNDELETABLE_TYPES, Map, MapType
 
 if TYPE_CHECKING:
@@ -65,37 +64,32 @@ def create_like(template: Map) -> Map:
     """
     info = template.info
     where = f"a spare for map {info.name!r} (id {info.id})"
-    opts = ffi.new("struct bpf_map_create_opts *")
-    opts.sz = ffi.sizeof("struct bpf_map_create_opts")
-    opts.map_flags = info.map_flags
-    opts.map_extra = info.map_extra
-    btf_fd = -1
+    if not info.btf_id:
+        return Map.create(
+            info.type,
+            info.key_size,
+            info.value_size,
+            info.max_entries,
+            info.name,
+            info.map_flags,
+            map_extra=info.map_extra,
+        )
+    btf_fd = named_call(
+        f"{where}: BTF id {info.btf_id}", _bindings.bpf_btf_get_fd_by_id, info.btf_id
+    )
     try:
-        if info.btf_id:
-            try:
-                btf_fd = _bindings.bpf_btf_get_fd_by_id(info.btf_id)
-            except BpfError as e:
-                raise error_from_errno(
-                    e.errno, "bpf_btf_get_fd_by_id", f"{where}: BTF id {info.btf_id}"
-                ) from None
-            opts.btf_fd = btf_fd
-            opts.btf_key_type_id = info.btf_key_type_id
-            opts.btf_value_type_id = info.btf_value_type_id
-        try:
-            fd = _bindings.bpf_map_create(
-                int(info.type),
-                info.name.encode(),
-                info.key_size,
-                info.value_size,
-                info.max_entries,
-                opts,
-            )
-        except BpfError as e:
-            raise error_from_errno(e.errno, "bpf_map_create", where) from None
+        return Map.create(
+            info.type,
+            info.key_size,
+            info.value_size,
+            info.max_entries,
+            info.name,
+            info.map_flags,
+            map_extra=info.map_extra,
+            btf=(btf_fd, info.btf_key_type_id, info.btf_value_type_id),
+        )
     finally:
-        if btf_fd >= 0:
-            os.close(btf_fd)
-    return Map(fd)
+        os.close(btf_fd)
 
 
 class DoubleBufferedMap:
@@ -264,9 +258,7 @@ class DoubleBufferedMap:
         try:
             outer.update(SLOT, spare)  # returns after synchronize_rcu()
         except BpfError as e:
-            raise error_from_errno(
-                e.errno, "bpf_map_update_elem", f"harvest: {self._where}: swapping in the spare"
-            ) from None
+            raise e.at(f"harvest: {self._where}", "swapping in the spare") from None
         # An exception raised right here (a signal) leaves the swap unrecorded; the next
         # _reconcile() finds the spare in the slot and records it then.
         self._current, self._pending, self._spare = spare, current, None

@@ -263,10 +263,13 @@ class Map:
         *,
         numa_node: int | None = None,
         map_extra: int = 0,
+        btf: tuple[int, int, int] | None = None,
     ) -> Map:
         """Create a map (bpf_map_create). LPM_TRIE always gets NO_PREALLOC, which it requires.
 
-        ``inner_map`` (a Map or fd) is the template for HASH_OF_MAPS / ARRAY_OF_MAPS.
+        ``inner_map`` (a Map or fd) is the template for HASH_OF_MAPS / ARRAY_OF_MAPS. ``btf``
+        is ``(btf_fd, btf_key_type_id, btf_value_type_id)`` for a map whose elements have BTF
+        types (needed for special fields such as spin locks; also what decoders read).
         """
         map_type = MapType(check_uint(map_type, "map_type", 32, "create"))
         raw_name = _check_name(name)
@@ -287,7 +290,10 @@ class Map:
         if map_type == MapType.LPM_TRIE:
             flags |= MapFlags.NO_PREALLOC
         inner_fd = inner_map.fd if isinstance(inner_map, Map) else inner_map
-        opts = create_opts(flags, map_extra, inner_fd, numa_node)
+        if btf is not None:
+            for what, v in zip(("btf_fd", "btf_key_type_id", "btf_value_type_id"), btf):
+                check_uint(v, what, 31 if what == "btf_fd" else 32, "create")
+        opts = create_opts(flags, map_extra, inner_fd, numa_node, btf)
         fd = named_call(
             f"{map_type.name} {name or ''!r}",
             _bindings.bpf_map_create,

@@ -242,7 +242,7 @@ def test_harvest_passes_drain_arguments_through(
         # bad arguments fail at the call, before any swap
         with pytest.raises(TypeError, match="unexpected keyword argument 'no_such'"):
             db.harvest(no_such=1)
-        with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        with pytest.raises(ValueError, match="batch_size must be at least 1"):
             db.harvest(batch_size=0)
         assert slot_id(outer) == before and db.swaps == 1
 
