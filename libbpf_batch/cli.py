@@ -320,21 +320,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # -- bench --------------------------------------------------------------------------------
 def cmd_bench(argv: Sequence[str]) -> int:
-    import importlib
-
-    try:  # lazy: it pulls in more than the other subcommands need
-        bench = importlib.import_module(f"{__package__}.bench")
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__}.bench":
-            raise
-        raise CliError("bench: this install has no libbpf_batch.bench") from None
-    try:
-        rc = bench.main(list(argv))
-    except SystemExit as e:  # its argparse: --help (0) or a usage error (2)
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-        rc = e.code if isinstance(e.code, int) or e.code is None else 1
-    return 0 if rc is None else int(rc)
+    """The benchmark is tool code, not shipped: say where it is."""
+    raise CliError(
+        "bench: the benchmark lives in the source checkout: run `make bench` "
+        "(or `python -m bench`) from its root"
+    )
 
 
 # -- argument parsing ---------------------------------------------------------------------
@@ -473,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "bench",
         add_help=False,
-        help="the batch vs per-key benchmark (arguments go to libbpf_batch.bench)",
+        help="where the benchmark is (`make bench` in a source checkout)",
     )
     return parser
 
