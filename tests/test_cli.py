@@ -27,7 +27,6 @@ from libbpf_batch import Map, MapType, cli
 from libbpf_batch.objects import BpfObject
 
 # the shared BPF fixtures (tests/bpf/fixtures.py), assigned so pytest finds them here
-bpf_fs = fixtures.bpf_fs
 counters = fixtures.counters
 counters_object = fixtures.counters_object
 
