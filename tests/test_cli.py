@@ -1,7 +1,9 @@
-"""The libbpf-batch command, run as `python -m libbpf_batch` against real maps; output parsed back."""
+"""The libbpf-batch command against real maps, output parsed back: cli.main in-process, or
+`python -m libbpf_batch` in a child where a test needs a real process."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -33,7 +35,21 @@ counters_object = fixtures.counters_object
 NO_SUCH_ID = 2**32 - 1  # map ids are u32 handed out from 1 up: this one never exists here
 
 
-def run(*args: object, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
+def run(*args: object) -> subprocess.CompletedProcess[str]:
+    """cli.main(args) in this process, its stdout and stderr captured; no subprocess needed."""
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main(argv)
+    return subprocess.CompletedProcess(
+        ["libbpf-batch", *argv], status, out.getvalue(), err.getvalue()
+    )
+
+
+def run_process(
+    *args: object, timeout: float = 60, **kw: object
+) -> subprocess.CompletedProcess[str]:
+    """`python -m libbpf_batch ARGS` in a child, for tests that need a real process."""
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
     return subprocess.run(
@@ -422,7 +438,7 @@ def test_progress_goes_to_a_terminal_stderr_unless_quiet(
     for quiet in (False, True):
         master, slave = os.openpty()
         try:
-            proc = run(
+            proc = run_process(
                 "dump", "id", m.id, "--format", "jsonl", *(["--quiet"] * quiet), stderr=slave
             )
             os.close(slave)
