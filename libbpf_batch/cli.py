@@ -347,7 +347,8 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser for every subcommand (bench passes its arguments through)."""
+    """The argparse parser for every subcommand (bench, taking any arguments, only points to
+    the benchmark)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "-q", "--quiet", action="store_true", help="no progress or status on stderr"
