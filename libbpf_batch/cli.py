@@ -327,21 +327,11 @@ def cmd_includes(args: argparse.Namespace) -> int:
 
 # -- bench --------------------------------------------------------------------------------
 def cmd_bench(argv: Sequence[str]) -> int:
-    import importlib
-
-    try:  # lazy: it pulls in more than the other subcommands need
-        bench = importlib.import_module(f"{__package__}.bench")
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__}.bench":
-            raise
-        raise CliError("bench: this install has no libbpf_batch.bench") from None
-    try:
-        rc = bench.main(list(argv))
-    except SystemExit as e:  # its argparse: --help (0) or a usage error (2)
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-        rc = e.code if isinstance(e.code, int) or e.code is None else 1
-    return 0 if rc is None else int(rc)
+    """The benchmark is tool code, not shipped: say where it is."""
+    raise CliError(
+        "bench: the benchmark lives in the source checkout: run `make bench` "
+        "(or `python -m bench`) from its root"
+    )
 
 
 # -- argument parsing ---------------------------------------------------------------------
@@ -364,7 +354,8 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser for every subcommand (bench passes its arguments through)."""
+    """The argparse parser for every subcommand (bench, taking any arguments, only points to
+    the benchmark)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "-q", "--quiet", action="store_true", help="no progress or status on stderr"
@@ -486,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "bench",
         add_help=False,
-        help="the batch vs per-key benchmark (arguments go to libbpf_batch.bench)",
+        help="where the benchmark is (`make bench` in a source checkout)",
     )
     return parser
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 import struct
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from bpf.build import Unavailable
+from bpf.build import bpffs as mounted_bpffs
 
 from libbpf_batch import BatchNotSupportedError, BpfError, Map, MapType
 
@@ -51,6 +55,35 @@ def reaped(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+def where(m: Map) -> str:
+    """How error messages name a map, as a regular expression."""
+    return re.escape(f"map {m.name!r} (id {m.id})")
+
+
+def open_fds() -> int:
+    """The number of fds this process has open (checked around calls for leaks)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def exactly_once(pairs: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """The pairs as a dict, after checking that no key came twice."""
+    pairs = list(pairs)
+    keys = [k for k, _ in pairs]
+    assert len(keys) == len(set(keys)), "a key was returned twice"
+    return dict(pairs)
+
+
+@pytest.fixture(scope="module")
+def bpf_fs() -> Iterator[Path]:
+    """A private bpffs mounted on a fresh temporary directory, unmounted (with its pins) after
+    the test module."""
+    try:
+        with mounted_bpffs() as path:
+            yield path
+    except Unavailable as e:
+        skip_or_fail(str(e))
 
 
 def _bpf_unavailable() -> str | None:

@@ -1,20 +1,28 @@
-"""The benchmark's machinery at tiny sizes: its self-checks, its JSON, its C reference.
+"""The benchmark (bench/, run as `python -m bench`) at tiny sizes: its self-checks, its JSON, its
+C reference, its sections.
 
-No timing assertions: speed belongs in the benchmark's own figures, not in tests.
+No timing assertions: speed belongs in the benchmark's own figures, not in tests. The benchmark
+is tool code in the checkout, not in the wheel: every test here is marked source_tree.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 from conftest import skip_or_fail
 
-from libbpf_batch import Map, MapType, bench
+from libbpf_batch import Map, MapType
+
+pytestmark = pytest.mark.source_tree
+ROOT = Path(__file__).resolve().parent.parent
 
 TINY = [
     "--entries",
@@ -30,34 +38,48 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def c_binary() -> Path:
-    path, why = bench.c_program()
+def bench() -> ModuleType:
+    """The bench package of this checkout, as `python -m bench` from its root imports it."""
+    if not (ROOT / "bench" / "__init__.py").is_file():
+        skip_or_fail(f"{ROOT / 'bench'} is not here (run from a checkout)")
+    if str(ROOT) not in sys.path:
+        sys.path.append(str(ROOT))  # after site-packages: the installed libbpf_batch wins
+    for name in ("runner", "config", "c_reference", "workloads", "report", "drain"):
+        importlib.import_module(f"bench.{name}")
+    return importlib.import_module("bench")
+
+
+@pytest.fixture(scope="module")
+def c_binary(bench: ModuleType) -> Path:
+    path, why = bench.c_reference.c_program()
     if path is None:
         skip_or_fail(why)
     return path
 
 
-def run(tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any]]:
+def run(bench: ModuleType, tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any]]:
     out = tmp_path / "bench.json"
-    rc = bench.main([*TINY, *extra, "--json", str(out)])
+    rc = bench.runner.main([*TINY, "--sections", "drain", *extra, "--json", str(out)])
     return rc, json.loads(out.read_text()) if out.exists() else {}
 
 
 def test_quick_run_checks_every_scenario_and_writes_its_json(
-    bpf: None, c_binary: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    bench: ModuleType, bpf: None, c_binary: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc, report = run(tmp_path)
+    rc, report = run(bench, tmp_path)
     assert rc == 0
-    assert report["c_reference"] is True and report["c_note"] == ""
+    assert report["sections"] == ["drain"]
     assert set(report["machine"]) >= {"cpus", "kernel", "python", "libbpf"}
-    assert report["config"]["entries"] == [1500]
-    rows = report["rows"]
+    drain = report["drain"]
+    assert drain["c_reference"] is True and drain["c_note"] == ""
+    assert drain["config"]["entries"] == [1500]
+    rows = drain["rows"]
     assert rows and all(r["checked"] is True for r in rows)
     shapes = {r["shape"] for r in rows}
     assert shapes == {"hash 4/8", "hash 16/64", "percpu_hash 4/8"}
     main = [r for r in rows if not r["sweep"]]
     impls = {(r["shape"], r["op"], r["impl"]) for r in main}
-    numpy_rows = ["py_numpy"] if report["numpy"] else []
+    numpy_rows = ["py_numpy"] if drain["numpy"] else []
     for shape in shapes:
         for op in ("lookup", "drain"):
             for impl in [
@@ -84,7 +106,7 @@ def test_quick_run_checks_every_scenario_and_writes_its_json(
             assert r["ratio_to_c_batch"] == 1.0
     batch_rows = [r for r in main if r["op"] != "fill" and r["impl"] in ("c_batch", "py_view")]
     assert all(len(r["ns_per_entry"]) == 2 for r in batch_rows)  # --reps 2
-    drains = [r for r in main if r["op"] == "drain" and r["impl"] in bench.BATCH_MODES]
+    drains = [r for r in main if r["op"] == "drain" and r["impl"] in bench.config.BATCH_MODES]
     assert all(r["tracemalloc_peak_bytes"] is not None for r in drains)
     sweep = [r for r in rows if r["sweep"]]
     assert {(r["impl"], r["batch_size"]) for r in sweep} == {
@@ -95,12 +117,12 @@ def test_quick_run_checks_every_scenario_and_writes_its_json(
 
 
 def test_targets_are_reported_for_the_target_map(
-    bpf: None, c_binary: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bench: ModuleType, bpf: None, c_binary: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bench, "TARGET_ENTRIES", 1500)
-    rc, report = run(tmp_path, "--shapes", "hash:4:8", "--batch-size", "4096", "--sweep", "")
+    monkeypatch.setattr(bench.config, "TARGET_ENTRIES", 1500)
+    rc, report = run(bench, tmp_path, "--shapes", "hash:4:8", "--batch-size", "4096", "--sweep", "")
     assert rc == 0
-    targets = report["targets"]
+    targets = report["drain"]["targets"]
     assert {t["impl"] for t in targets} >= {"py_view", "py_copy", "py_pairs", "py_batch"}
     for t in targets:
         assert isinstance(t["met"], bool)
@@ -108,13 +130,26 @@ def test_targets_are_reported_for_the_target_map(
 
 
 def test_python_only_when_the_c_source_is_not_there(
-    bpf: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    bench: ModuleType,
+    bpf: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(bench, "C_SOURCE", tmp_path / "missing" / "c_drain.c")
-    rc, report = run(
-        tmp_path, "--shapes", "hash:4:8", "--per-key-reps", "0", "--sweep", "", "--no-tracemalloc"
+    monkeypatch.setattr(bench.c_reference, "C_SOURCE", tmp_path / "missing" / "c_drain.c")
+    rc, whole = run(
+        bench,
+        tmp_path,
+        "--shapes",
+        "hash:4:8",
+        "--per-key-reps",
+        "0",
+        "--sweep",
+        "",
+        "--no-tracemalloc",
     )
     assert rc == 0
+    report = whole["drain"]
     assert report["c_reference"] is False
     assert "c_drain.c is not here" in report["c_note"]
     assert "without ratios to C" in capsys.readouterr().err
@@ -123,41 +158,46 @@ def test_python_only_when_the_c_source_is_not_there(
 
 
 def test_a_consumer_that_loses_elements_fails_loudly(
-    bpf: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    bench: ModuleType,
+    bpf: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    real = bench.consume_batches
+    real = bench.workloads.consume_batches
 
-    def lossy(w: bench.Workload, batches: Iterable[Any]) -> bench.Sums:
+    def lossy(w: Any, batches: Iterable[Any]) -> Any:
         return real(w, list(batches)[1:])  # drops the first batch
 
-    monkeypatch.setattr(bench, "consume_batches", lossy)
-    rc, report = run(tmp_path, "--shapes", "hash:4:8", "--no-c", "--sweep", "")
+    monkeypatch.setattr(bench.workloads, "consume_batches", lossy)
+    rc, report = run(bench, tmp_path, "--shapes", "hash:4:8", "--no-c", "--sweep", "")
     assert rc == 1
     assert report == {}
     err = capsys.readouterr().err
     assert "FAILED" in err and "hash 4/8, 1,500 entries" in err and "expected 1,500" in err
 
 
-def test_checks_catch_wrong_sums_and_a_map_left_full(bpf: None) -> None:
+def test_checks_catch_wrong_sums_and_a_map_left_full(bench: ModuleType, bpf: None) -> None:
+    BenchError = bench.config.BenchError
     with Map.create(MapType.PERCPU_HASH, 4, 8, 100) as m:
-        w = bench.Workload(m, 100, "percpu_hash 4/8")
+        w = bench.workloads.Workload(m, 100, "percpu_hash 4/8")
         w.check_sums("ok", 100, w.key_sum, w.value_sums)
-        with pytest.raises(bench.BenchError, match="99 elements, expected 100"):
+        with pytest.raises(BenchError, match="99 elements, expected 100"):
             w.check_sums("drain", 99, w.key_sum, w.value_sums)
-        with pytest.raises(bench.BenchError, match="key sum"):
+        with pytest.raises(BenchError, match="key sum"):
             w.check_sums("drain", 100, w.key_sum + 1, w.value_sums)
-        with pytest.raises(bench.BenchError, match="value sums"):
+        with pytest.raises(BenchError, match="value sums"):
             w.check_sums("drain", 100, w.key_sum, [0] * m.ncpus)
         w.fill()
-        with pytest.raises(bench.BenchError, match="not empty after the drain"):
+        with pytest.raises(BenchError, match="not empty after the drain"):
             w.check_empty("drain")
         w.clear()
         w.check_empty("drain")
 
 
-def test_the_workload_writes_the_pattern_the_c_program_checks(bpf: None) -> None:
+def test_the_workload_writes_the_pattern_the_c_program_checks(bench: ModuleType, bpf: None) -> None:
     with Map.create(MapType.PERCPU_HASH, 4, 4, 10) as m:
-        w = bench.Workload(m, 10, "percpu_hash 4/4")
+        w = bench.workloads.Workload(m, 10, "percpu_hash 4/4")
         w.fill()
         slot = 8
         for i in range(10):
@@ -216,9 +256,11 @@ def test_c_program_refuses_a_map_that_is_not_empty(c_binary: Path, bpf: None) ->
     assert "must be empty" in done.stderr
 
 
-def test_c_reference_leaves_the_shared_map_empty(c_binary: Path, bpf: None) -> None:
+def test_c_reference_leaves_the_shared_map_empty(
+    bench: ModuleType, c_binary: Path, bpf: None
+) -> None:
     with Map.create(MapType.HASH, 16, 64, 300) as m:
-        got = bench.run_c(c_binary, m, ["fill_batch", "lookup_batch", "lookup_key"], 32)
+        got = bench.c_reference.run_c(c_binary, m, ["fill_batch", "lookup_batch", "lookup_key"], 32)
         assert set(got) == {"fill_batch", "lookup_batch", "lookup_key"}
         assert m.next_key() is None
 
@@ -231,9 +273,70 @@ def test_c_reference_leaves_the_shared_map_empty(c_binary: Path, bpf: None) -> N
         ["--shapes", "hash:6:8"],
         ["--entries", "0"],
         ["--reps", "0"],
+        ["--sections", "drain,nothing"],
     ],
 )
-def test_bad_arguments_exit_2(argv: list[str]) -> None:
+def test_bad_arguments_exit_2(bench: ModuleType, argv: list[str]) -> None:
     with pytest.raises(SystemExit) as e:
-        bench.main(argv)
+        bench.runner.main(argv)
     assert e.value.code == 2
+
+
+# -- sections: the registry in bench/config.py ---------------------------------------------------
+@pytest.fixture
+def fake_section(bench: ModuleType, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """A section module 'fake' registered for this test (its run() set by the test)."""
+    module = ModuleType("bench.fake_section")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(bench.config.SECTIONS, "fake", "fake_section")
+    monkeypatch.setitem(bench.config.SECTIONS, "absent", "absent_section")
+    return module
+
+
+def test_a_section_lands_under_its_name_and_a_missing_one_is_skipped(
+    bench: ModuleType, fake_section: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    given: list[Any] = []
+
+    def run_fake(args: Any) -> dict[str, Any]:
+        given.append(args.quick)
+        return {"summary": "3 maps, 2.50x faster", "ratio": 0.4}
+
+    fake_section.run = run_fake
+    out = tmp_path / "bench.json"
+    assert bench.runner.main(["--sections", "fake,absent", "--quick", "--json", str(out)]) == 0
+    assert given == [True]
+    report = json.loads(out.read_text())
+    assert report["sections"] == ["fake"]
+    assert report["fake"] == {"summary": "3 maps, 2.50x faster", "ratio": 0.4}
+    assert report["skipped"] == {"absent": "bench/absent_section.py is not in this checkout"}
+    assert "drain" not in report
+    got = capsys.readouterr()
+    assert "\nfake:\n  3 maps, 2.50x faster\n" in got.out
+    assert "section absent skipped: bench/absent_section.py is not in this checkout" in got.err
+
+
+def test_a_section_that_raises_fails_the_run_with_its_message(
+    bench: ModuleType, fake_section: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def run_fake(args: Any) -> dict[str, Any]:
+        raise RuntimeError("bpftool vanished")
+
+    fake_section.run = run_fake
+    out = tmp_path / "bench.json"
+    assert bench.runner.main(["--sections", "fake", "--json", str(out)]) == 1
+    assert not out.exists()
+    assert "section fake FAILED: RuntimeError: bpftool vanished" in capsys.readouterr().err
+
+
+def test_python_m_bench_runs_from_the_checkout_root(bench: ModuleType) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "python -m bench" in done.stdout and "--sections" in done.stdout

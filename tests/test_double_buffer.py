@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from bpf import fixtures
 from bpf.build import Unavailable, compile_program
 from bpf.workload import GETPPID_NR, GetppidChild
 from conftest import skip_or_fail, u32, u64
@@ -38,8 +37,6 @@ from libbpf_batch import (
 )
 from libbpf_batch.cli import main
 from libbpf_batch.objects import BpfObject
-
-bpf_fs = fixtures.bpf_fs  # the shared private bpffs, assigned so pytest finds it here
 
 SOURCE = Path(__file__).resolve().parent / "bpf" / "double_buffer.bpf.c"
 

@@ -9,7 +9,7 @@ import os
 import re
 import threading
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,12 +19,14 @@ from conftest import (
     HASH_TYPES,
     contents,
     element_value,
+    exactly_once,
     type_id,
     u32,
     u64,
+    where,
 )
 
-from libbpf_batch import Batch, BatchNotSupportedError, BpfError, ElemFlags, Map, MapType
+from libbpf_batch import Batch, BatchNotSupportedError, BpfError, Map, MapType
 from libbpf_batch.batch import per_key_batches
 
 MakeMap = Callable[..., Map]
@@ -33,20 +35,6 @@ MakeFilled = Callable[..., "tuple[Map, dict[bytes, bytes]]"]
 DRAINABLE_TYPES = [t for t in COVERED_TYPES if t not in ARRAY_TYPES]
 # Types with no elements until written (arrays always hold max_entries zeroed elements).
 EMPTYABLE_TYPES = HASH_TYPES + [MapType.LPM_TRIE, MapType.HASH_OF_MAPS, MapType.ARRAY_OF_MAPS]
-
-
-def where(m: Map) -> str:
-    return re.escape(f"map {m.name!r} (id {m.id})")
-
-
-def exactly_once(
-    pairs: Iterator[tuple[bytes, bytes]] | list[tuple[bytes, bytes]],
-) -> dict[bytes, bytes]:
-    """The pairs as a dict, after checking that no key came twice."""
-    pairs = list(pairs)
-    keys = [k for k, _ in pairs]
-    assert len(keys) == len(set(keys)), "a key was returned twice"
-    return dict(pairs)
 
 
 def elements(batches: list[Batch]) -> list[tuple[bytes, bytes]]:
@@ -443,25 +431,3 @@ def test_batch_cursor_of_an_lpm_trie_is_a_key(make_filled: MakeFilled) -> None:
     assert (batch.count, batch.done) == (3, False)
     assert len(batch.cursor) == 8
     assert batch.cursor == batch.key_list()[-1]  # generic maps: the last key returned
-
-
-@pytest.mark.parametrize(
-    ("elem_flags", "flags"), [(0, 1), (ElemFlags.LOCK, 0)], ids=["flags", "lock-without-spin-lock"]
-)
-@pytest.mark.parametrize("how", ["drain", "batches"])
-def test_kernel_error_in_the_loop_names_op_and_map(
-    make_filled: MakeFilled, how: str, elem_flags: int, flags: int
-) -> None:
-    m, expected = make_filled(MapType.HASH, 5)
-    op = "lookup_and_delete_batch" if how == "drain" else "lookup_batch"
-    with pytest.raises(BpfError, match=rf"bpf_map_{op}: {where(m)}") as info:
-        list(getattr(m, how)(elem_flags=elem_flags, flags=flags))
-    assert info.value.errno == errno.EINVAL
-    assert contents(m) == expected
-
-
-def test_drain_on_a_closed_map_is_value_error(make_filled: MakeFilled) -> None:
-    m, _ = make_filled(MapType.HASH, 5)
-    m.close()
-    with pytest.raises(ValueError, match=r"is closed"):
-        next(iter(m.drain()))

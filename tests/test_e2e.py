@@ -18,7 +18,6 @@ from libbpf_batch import BpfNotFoundError, MapType
 from libbpf_batch.objects import BpfObject
 
 # the shared BPF fixtures (tests/bpf/fixtures.py), assigned so pytest finds them here
-bpf_fs = fixtures.bpf_fs
 counters = fixtures.counters
 counters_object = fixtures.counters_object
 

@@ -6,9 +6,9 @@ import errno
 import gc
 import os
 import re
-import subprocess
+import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,10 @@ from conftest import (
     element_value,
     lpm_key,
     lru_room,
-    skip_or_fail,
     type_id,
     u32,
     u64,
+    where,
 )
 
 from libbpf_batch import (
@@ -35,12 +35,10 @@ from libbpf_batch import (
     BpfError,
     BpfNotFoundError,
     BpfPermissionError,
-    ElemFlags,
     Map,
     MapFlags,
     MapInfo,
     MapType,
-    NotAMapError,
     _bindings,
 )
 from libbpf_batch.errors import ENOTSUPP
@@ -50,11 +48,6 @@ MakeFilled = Callable[..., "tuple[Map, dict[bytes, bytes]]"]
 PERCPU_TYPES = [MapType.PERCPU_HASH, MapType.LRU_PERCPU_HASH, MapType.PERCPU_ARRAY]
 # Types whose per-key delete works (arrays have no delete at all).
 DELETABLE_TYPES = HASH_TYPES + [MapType.LPM_TRIE] + MAP_OF_MAPS_TYPES
-
-
-def where(m: Map) -> str:
-    """How error messages name a map."""
-    return re.escape(f"map {m.name!r} (id {m.id})")
 
 
 def make_typed(
@@ -204,12 +197,6 @@ def test_create_map_of_maps_needs_inner_map(bpf: None, map_type: MapType) -> Non
         Map.create(map_type, 4, 4, 4)
 
 
-def test_create_refused_by_the_kernel_names_the_type(bpf: None) -> None:
-    with pytest.raises(BpfError, match="bpf_map_create: HASH 'zero_key'") as info:
-        Map.create(MapType.HASH, 0, 4, 4, name="zero_key")
-    assert info.value.errno == errno.EINVAL
-
-
 # -- from_fd, from_id, pin, open_pinned ----------------------------------------------------
 def test_from_fd_opens_the_same_map_on_a_new_fd(make_map: MakeMap) -> None:
     m = make_map(MapType.HASH, 4, 8, 4, name="orig")
@@ -232,42 +219,6 @@ def test_closing_a_map_from_fd_leaves_the_callers_fd_open(bpf: None) -> None:
         os.close(fd)
 
 
-def test_from_fd_refuses_a_pipe(bpf: None) -> None:
-    r, w = os.pipe()
-    try:
-        with pytest.raises(NotAMapError, match=rf"from_fd: fd {r} is not a BPF map") as info:
-            Map.from_fd(r)
-        os.fstat(r)  # still the caller's
-    finally:
-        os.close(r)
-        os.close(w)
-    assert isinstance(info.value, ValueError)
-    assert isinstance(info.value, BpfError)
-    assert info.value.errno == errno.EINVAL
-
-
-def test_from_fd_refuses_a_regular_file(bpf: None, tmp_path: Path) -> None:
-    path = tmp_path / "regular"
-    path.write_bytes(b"not a map")
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        with pytest.raises(NotAMapError, match=rf"fd {fd} is not a BPF map") as info:
-            Map.from_fd(fd)
-    finally:
-        os.close(fd)
-    assert info.value.errno == errno.EINVAL
-    assert isinstance(info.value, ValueError)
-
-
-def test_from_fd_of_a_closed_fd_is_ebadf(bpf: None) -> None:
-    r, w = os.pipe()
-    os.close(r)
-    os.close(w)
-    with pytest.raises(BpfError, match=rf"from_fd: fd {r}") as info:
-        Map.from_fd(r)
-    assert info.value.errno == errno.EBADF
-
-
 def test_from_id_opens_the_same_map(make_map: MakeMap) -> None:
     m = make_map(MapType.HASH, 4, 8, 4, name="by_id")
     m.update(u32(3), u64(33))
@@ -277,50 +228,21 @@ def test_from_id_opens_the_same_map(make_map: MakeMap) -> None:
         assert other.lookup(u32(3)) == u64(33)
 
 
-def test_from_id_unknown_is_not_found_naming_the_id(bpf: None) -> None:
-    with pytest.raises(BpfNotFoundError, match=r"id 2147483646"):
-        Map.from_id(0x7FFFFFFE)
-
-
-@pytest.fixture
-def bpffs(bpf: None, tmp_path: Path) -> Iterator[Path]:
-    """A private bpffs mounted in a temporary directory, unmounted (with its pins) after."""
-    mnt = tmp_path / "bpffs"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "bpf", "bpf", str(mnt)], check=False, capture_output=True, text=True
-    )
-    if r.returncode:
-        skip_or_fail(f"cannot mount a bpffs: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
-
-
-def test_pin_then_open_pinned_is_the_same_map(make_map: MakeMap, bpffs: Path) -> None:
+def test_pin_then_open_pinned_is_the_same_map(make_map: MakeMap, bpf_fs: Path) -> None:
     m = make_map(MapType.HASH, 4, 8, 4, name="pinned")
     m.update(u32(4), u64(44))
-    m.pin(bpffs / "counts")
-    assert (bpffs / "counts").exists()
-    with Map.open_pinned(bpffs / "counts") as other:
+    m.pin(bpf_fs / "counts")
+    assert (bpf_fs / "counts").exists()
+    with Map.open_pinned(bpf_fs / "counts") as other:
         assert (other.id, other.name) == (m.id, "pinned")
         assert other.lookup(u32(4)) == u64(44)
 
 
-def test_open_pinned_accepts_a_str_path(make_map: MakeMap, bpffs: Path) -> None:
+def test_open_pinned_accepts_a_str_path(make_map: MakeMap, bpf_fs: Path) -> None:
     m = make_map(MapType.ARRAY, 4, 8, 4)
-    m.pin(str(bpffs / "arr"))
-    with Map.open_pinned(str(bpffs / "arr")) as other:
+    m.pin(str(bpf_fs / "arr"))
+    with Map.open_pinned(str(bpf_fs / "arr")) as other:
         assert other.id == m.id
-
-
-def test_pin_twice_at_one_path_is_eexist(make_map: MakeMap, bpffs: Path) -> None:
-    m = make_map(MapType.HASH, 4, 8, 4, name="twice")
-    m.pin(bpffs / "p")
-    with pytest.raises(BpfError, match=where(m)) as info:
-        m.pin(bpffs / "p")
-    assert info.value.errno == errno.EEXIST
 
 
 def test_pin_outside_a_bpffs_is_eperm_naming_map_and_path(
@@ -334,9 +256,9 @@ def test_pin_outside_a_bpffs_is_eperm_naming_map_and_path(
     assert str(tmp_path / "x") in str(info.value)
 
 
-def test_open_pinned_missing_is_not_found_naming_the_path(bpffs: Path) -> None:
-    with pytest.raises(BpfNotFoundError, match=re.escape(str(bpffs / "nothing"))):
-        Map.open_pinned(bpffs / "nothing")
+def test_open_pinned_missing_is_not_found_naming_the_path(bpf: None, bpf_fs: Path) -> None:
+    with pytest.raises(BpfNotFoundError, match=re.escape(str(bpf_fs / "nothing"))):
+        Map.open_pinned(bpf_fs / "nothing")
 
 
 # -- lifecycle ------------------------------------------------------------------------------
@@ -358,11 +280,20 @@ def test_context_manager_closes(bpf: None) -> None:
     assert "closed" in repr(m)
 
 
-def test_unclosed_map_warns_when_collected(bpf: None) -> None:
-    held = [Map.create(MapType.HASH, 4, 4, 4, name="leaky")]
-    fd = held[0].fd
-    with pytest.warns(ResourceWarning, match=r"unclosed <Map hash 'leaky'"):
-        held.clear()  # the last reference: CPython collects it here
+def test_unclosed_map_warns_when_collected(bpf: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Recorded here, not through pytest.warns: whatever goes wrong inside __del__ must fail
+    # this test, not become an unraisable-exception warning.
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    m = Map.create(MapType.HASH, 4, 4, 4, name="leaky")
+    fd, text = m.fd, f"unclosed {m!r}"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del m  # the last reference
+        gc.collect()
+    assert unraisable == []
+    assert [(w.category, str(w.message)) for w in caught] == [(ResourceWarning, text)]
+    assert text.startswith("unclosed <Map hash 'leaky'")
     try:
         kind = os.readlink(f"/proc/self/fd/{fd}")
     except FileNotFoundError:
@@ -377,43 +308,6 @@ def test_closed_map_does_not_warn(bpf: None) -> None:
         warnings.simplefilter("error", ResourceWarning)
         del m
         gc.collect()
-
-
-CLOSED_OPS: dict[str, Callable[[Map], Any]] = {
-    "fd": lambda m: m.fd,
-    "bpf_map_lookup_elem": lambda m: m.lookup(u32(0)),
-    "bpf_map_update_elem": lambda m: m.update(u32(0), u64(0)),
-    "bpf_map_delete_elem": lambda m: m.delete(u32(0)),
-    "bpf_map_get_next_key": lambda m: m.next_key(),
-    "bpf_map_lookup_and_delete_elem": lambda m: m.lookup_and_delete(u32(0)),
-    "bpf_map_lookup_batch": lambda m: m.lookup_batch(4),
-    "bpf_map_lookup_and_delete_batch": lambda m: m.lookup_and_delete_batch(4),
-    "bpf_map_update_batch": lambda m: m.update_batch([u32(0)], [u64(0)]),
-    "bpf_map_delete_batch": lambda m: m.delete_batch([u32(0)]),
-    "bpf_obj_pin": lambda m: m.pin("/sys/fs/bpf/never"),
-    "batches": lambda m: next(iter(m.batches())),
-    "drain": lambda m: next(iter(m.drain())),
-    "items": lambda m: next(iter(m.items())),
-    "drain_items": lambda m: next(iter(m.drain_items())),
-}
-# What the message names: the libbpf call behind each iterator.
-CLOSED_OP_NAMES = {
-    "batches": "bpf_map_lookup_batch",
-    "items": "bpf_map_lookup_batch",
-    "drain": "bpf_map_lookup_and_delete_batch",
-    "drain_items": "bpf_map_lookup_and_delete_batch",
-}
-
-
-@pytest.mark.parametrize("op", CLOSED_OPS)
-def test_closed_map_refuses_naming_op_and_map(make_map: MakeMap, op: str) -> None:
-    m = make_map(MapType.HASH, 4, 8, 4, name="shut")
-    m.update(u32(0), u64(1))
-    map_id = m.id
-    m.close()
-    expected = f"{CLOSED_OP_NAMES.get(op, op)}: map 'shut' (id {map_id}) is closed"
-    with pytest.raises(ValueError, match=re.escape(expected)):
-        CLOSED_OPS[op](m)
 
 
 # -- one key, one syscall, every covered type -----------------------------------------------
@@ -531,21 +425,6 @@ def test_lookup_and_delete_elsewhere_is_enotsupp(
     ) as info:
         m.lookup_and_delete(element_key(map_type, 1))
     assert info.value.errno == ENOTSUPP
-    assert contents(m) == expected
-
-
-def test_update_noexist_on_an_existing_key_is_eexist(make_filled: MakeFilled) -> None:
-    m, expected = make_filled(MapType.HASH, 3)
-    with pytest.raises(BpfError, match="bpf_map_update_elem: " + where(m)) as info:
-        m.update(u32(1), u64(0), ElemFlags.NOEXIST)
-    assert info.value.errno == errno.EEXIST
-    assert contents(m) == expected
-
-
-def test_update_exist_on_a_missing_key_is_not_found(make_filled: MakeFilled) -> None:
-    m, expected = make_filled(MapType.HASH, 3)
-    with pytest.raises(BpfNotFoundError):
-        m.update(u32(9), u64(0), ElemFlags.EXIST)
     assert contents(m) == expected
 
 
@@ -700,35 +579,18 @@ def test_update_batch_of_nothing_is_zero(make_map: MakeMap) -> None:
     assert contents(m) == {}
 
 
-def test_update_batch_overflowing_reports_what_was_applied(make_map: MakeMap) -> None:
-    m = make_map(MapType.HASH, 4, 8, 2, name="small")
-    with pytest.raises(BpfError, match="bpf_map_update_batch: " + where(m)) as info:
-        m.update_batch([u32(1), u32(2), u32(3)], [u64(1), u64(2), u64(3)])
-    assert info.value.errno == errno.E2BIG
-    assert info.value.count == 2
-    assert contents(m) == {u32(1): u64(1), u32(2): u64(2)}
-
-
 @pytest.mark.parametrize(
     ("keys", "values", "exc", "message"),
     [
-        ([u32(1), u32(2)], [u64(1)], ValueError, r"2 keys but 1 values"),
-        ([u32(1), b"\0" * 3], [u64(1), u64(2)], ValueError, r"keys\[1\] is 3 bytes, expected 4"),
         ([u32(1)], [b"\0" * 4], ValueError, r"values\[0\] is 4 bytes, expected 8"),
-        (b"\0" * 6, b"\0" * 16, ValueError, r"keys buffer is 6 bytes, not a multiple of 4"),
         (b"\0" * 8, b"\0" * 12, ValueError, r"values buffer is 12 bytes, not a multiple of 8"),
         ([u32(1), "abcd"], [u64(1), u64(2)], TypeError, r"keys\[1\] must be bytes-like"),
-        ("abcdefgh", [u64(1), u64(2)], TypeError, r"keys must be bytes-like"),
         ([u32(1)], 5, TypeError, r"values must be bytes-like"),
     ],
     ids=[
-        "count-mismatch",
-        "short-key",
         "short-value",
-        "ragged-keys",
         "ragged-values",
         "str-key-item",
-        "str-keys",
         "int-values",
     ],
 )
@@ -777,13 +639,6 @@ def test_delete_batch_on_an_array_is_not_supported(
     assert contents(m) == expected
 
 
-def test_delete_batch_bad_key_is_refused_naming_op_and_map(make_filled: MakeFilled) -> None:
-    m, expected = make_filled(MapType.HASH, 4)
-    with pytest.raises(ValueError, match=rf"bpf_map_delete_batch: {where(m)}: keys\[1\]"):
-        m.delete_batch([u32(1), b"\0" * 2])
-    assert contents(m) == expected
-
-
 # -- lookup_batch / lookup_and_delete_batch: one call each -----------------------------------
 def test_lookup_batch_walks_an_array_by_cursor(make_filled: MakeFilled) -> None:
     m, expected = make_filled(MapType.ARRAY, 10)
@@ -827,19 +682,28 @@ def test_lookup_and_delete_batch_deletes_exactly_what_it_returns(
     assert contents(m) == {}
 
 
+def first_bucket_size(m: Map) -> int:
+    """The elements in a hash map's first non-empty bucket: the smallest count a lookup_batch
+    from the start accepts (the kernel returns whole buckets; a smaller count is ENOSPC)."""
+    for count in range(1, m.max_entries + 1):
+        try:
+            m.lookup_batch(count)
+        except BpfError as e:
+            assert e.errno == errno.ENOSPC, e
+            continue
+        return count
+    raise AssertionError("every count up to max_entries was ENOSPC")
+
+
 @pytest.mark.parametrize("map_type", HASH_TYPES, ids=type_id)
 def test_lookup_and_delete_batch_short_call_leaves_the_rest(
     make_filled: MakeFilled, map_type: MapType
 ) -> None:
     m, expected = make_filled(map_type, 30, max_entries=max(128, lru_room(map_type, 30)))
-    try:
-        batch = m.lookup_and_delete_batch(5)
-    except BpfError as e:  # the first bucket holds more than 5: nothing was deleted
-        assert e.errno == errno.ENOSPC
-        assert contents(m) == expected
-        return
+    count = max(5, first_bucket_size(m))  # room for the first bucket: never ENOSPC
+    batch = m.lookup_and_delete_batch(count)
     returned = dict(iter(batch))  # dict(batch) would call batch.keys
-    assert 0 < batch.count <= 5 and not batch.done
+    assert 0 < batch.count <= count < len(expected) and not batch.done
     assert returned.items() <= expected.items()
     assert contents(m) == {k: v for k, v in expected.items() if k not in returned}
 
@@ -852,16 +716,6 @@ def test_lookup_batch_refuses_a_cursor_of_the_wrong_size(make_filled: MakeFilled
         r"bytes, expected 8",
     ):
         m.lookup_batch(2, u32(0))
-
-
-def test_lookup_and_delete_batch_on_an_array_is_not_supported(make_filled: MakeFilled) -> None:
-    m, expected = make_filled(MapType.ARRAY, 4)
-    with pytest.raises(BatchNotSupportedError) as info:
-        m.lookup_and_delete_batch(4)
-    assert info.value.errno == ENOTSUPP
-    assert "Unknown error" not in str(info.value)
-    assert re.search(where(m), str(info.value))
-    assert contents(m) == expected
 
 
 def test_lookup_batch_returns_a_batch(make_filled: MakeFilled) -> None:

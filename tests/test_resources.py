@@ -12,23 +12,18 @@ import gc
 import importlib.metadata
 import os
 import re
-import sys
 import tracemalloc
 import warnings
 from pathlib import Path
 
 import pytest
-from conftest import fill, skip_or_fail
+from conftest import fill, open_fds, skip_or_fail
 
 import libbpf_batch
 from libbpf_batch import Map, MapType, _libbpf
 
 ROOT = Path(__file__).resolve().parent.parent
 CYCLES = 10_000
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -184,4 +179,3 @@ def test_typing_marker_ships_with_the_package() -> None:
     here = Path(libbpf_batch.__file__).parent
     assert (here / "py.typed").is_file()
     assert (here / "_libbpf.pyi").is_file()
-    assert sys.version_info >= (3, 9)

@@ -19,7 +19,7 @@ import errno
 from typing import Callable
 
 import pytest
-from conftest import HASH_TYPES, lru_room, skip_or_fail, type_id, u32
+from conftest import HASH_TYPES, exactly_once, lru_room, skip_or_fail, type_id, u32
 
 from libbpf_batch import Batch, BatchNotSupportedError, BpfError, Map, MapType
 
@@ -72,13 +72,6 @@ def delete_loop(m: Map, keys: list[bytes], step: int) -> list[int]:
         counts.append(m.delete_batch(chunk))
         total += len(chunk)
     return counts
-
-
-def exactly_once(elements: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
-    """The elements as a dict, after checking no key came twice."""
-    keys = [k for k, _ in elements]
-    assert len(keys) == len(set(keys)), "a key was returned twice"
-    return dict(elements)
 
 
 def assert_empty(m: Map) -> None:

@@ -10,7 +10,7 @@ from conftest import skip_or_fail
 
 from libbpf_batch.objects import BpfObject
 
-from .build import COUNTERS_SOURCE, Unavailable, bpffs, compile_program
+from .build import COUNTERS_SOURCE, Unavailable, compile_program
 
 
 @pytest.fixture(scope="session")
@@ -29,13 +29,3 @@ def counters(bpf: None, counters_object: Path) -> Iterator[BpfObject]:
     with BpfObject.open_file(counters_object) as obj:
         obj.load()
         yield obj
-
-
-@pytest.fixture(scope="session")
-def bpf_fs() -> Iterator[Path]:
-    """A private bpffs mount for pins, unmounted after the session."""
-    try:
-        with bpffs() as path:
-            yield path
-    except Unavailable as e:
-        skip_or_fail(str(e))
