@@ -149,6 +149,7 @@ def wants_openmetrics(accept: str) -> bool:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64  # many Prometheus servers may scrape at once
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:
