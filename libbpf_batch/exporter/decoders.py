@@ -124,20 +124,40 @@ class Kallsyms:
         return self.names[i] if i >= 0 and self.addrs[i] else None
 
 
-class CgroupPaths:
-    """cgroup id (the cgroup v2 directory's inode) to path, re-walked on a miss."""
+def cgroup2_root() -> str:
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or .../unified on hybrid)."""
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 2 and parts[2] == "cgroup2":
+                    return parts[1]
+    except OSError:
+        pass
+    return "/sys/fs/cgroup"
 
-    def __init__(self, root: str = "/sys/fs/cgroup") -> None:
+
+class CgroupPaths:
+    """cgroup id (a cgroup v2 directory's inode number) to path; re-walked on a miss."""
+
+    def __init__(self, root: str | None = None) -> None:
         self.root = root
         self.paths: dict[int, str] = {}
 
     def path(self, cgroup_id: int) -> str | None:
         if cgroup_id not in self.paths:
-            for top, _dirs, _files in os.walk(self.root):
+            root = self.root or cgroup2_root()
+            try:
+                dev = os.stat(root).st_dev
+            except OSError:
+                return None
+            for top, _dirs, _files in os.walk(root):
                 try:
-                    self.paths[os.stat(top).st_ino] = top
+                    st = os.stat(top)
                 except OSError:
                     continue
+                if st.st_dev == dev:  # ids are only unique within the cgroup2 filesystem
+                    self.paths[st.st_ino] = top
         return self.paths.get(cgroup_id)
 
 
@@ -264,4 +284,4 @@ def syscall_names() -> dict[int, str]:
     return out
 
 
-__all__ = ["DecodeError", "DecoderSet", "KeyDecoder", "SkipRow", "syscall_names"]
+__all__ = ["DecodeError", "DecoderSet", "KeyDecoder", "SkipRow", "cgroup2_root", "syscall_names"]

@@ -55,6 +55,12 @@ class Exporter:
         with self.lock:
             self.loaded.close()
 
+    def __enter__(self) -> Exporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def scrape(self, om: bool) -> Iterator[str]:
         """The whole exposition, in chunks; holds the scrape lock while it runs."""
         with self.lock:
