@@ -191,7 +191,7 @@ def run_chain(data: bytes, *decoders: DecoderSpec) -> str:
 
 
 def test_decoders_as_ebpf_exporter_has_them() -> None:
-    D = DecoderSpec  # noqa: N806
+    D = DecoderSpec
     assert run_chain(struct.pack("<Q", 2**64 - 1), D("uint")) == str(2**64 - 1)
     assert run_chain(b"bash\0\0\0\0", D("string")) == "bash"
     assert run_chain(b"\x01\xab", D("hex")) == "01ab"
@@ -306,8 +306,8 @@ def test_percpu_histogram_summed_or_split_by_cpu(make_map: Callable[..., Map]) -
         body = scrape(ex)
     got = samples(body, "lat_seconds")
     for cpu in range(ncpus):
-        assert got[f'lat_seconds_count{{set="1",cpu="{cpu}"}}'] == str(2 * (cpu + 1))
-        assert got[f'lat_seconds_bucket{{set="1",cpu="{cpu}",le="4.0"}}'] == str(2 * (cpu + 1))
+        assert got[f'lat_seconds_count{{cpu="{cpu}",set="1"}}'] == str(2 * (cpu + 1))
+        assert got[f'lat_seconds_bucket{{cpu="{cpu}",set="1",le="4.0"}}'] == str(2 * (cpu + 1))
     promtool_clean(body)
 
 
@@ -371,12 +371,12 @@ def test_percpu_values_summed_or_split_by_cpu(typed: BpfObject) -> None:
         m.update(key, b"".join(struct.pack("<Q", 10 * (c + 1)) for c in range(ncpus)))
         with exporter(m, spec("counter", "pkts")) as ex:
             assert samples(scrape(ex), "pkts") == {
-                f'pkts_total{{pid="42",port="53",proto="17"}}': str(5 * ncpus * (ncpus + 1))
+                'pkts_total{pid="42",port="53",proto="17"}': str(5 * ncpus * (ncpus + 1))
             }
         with exporter(m, spec("counter", "pkts", percpu="cpu")) as ex:
             got = samples(scrape(ex), "pkts")
     assert got == {
-        f'pkts_total{{pid="42",port="53",proto="17",cpu="{c}"}}': str(10 * (c + 1))
+        f'pkts_total{{cpu="{c}",pid="42",port="53",proto="17"}}': str(10 * (c + 1))
         for c in range(ncpus)
     }
 

@@ -163,6 +163,9 @@ class MapMetric:
         if self.split_cpu:
             self.label_names.append("cpu")
         self._check_labels()
+        # Written sorted by name, as both reference clients (Go, Python) write them.
+        self.order = sorted(range(len(self.label_names)), key=self.label_names.__getitem__)
+        self.sorted_names = tuple(self.label_names[i] for i in self.order)
         self.families = self._families(prefix)
         self.fast = (
             self.key_decoder is None
@@ -286,6 +289,7 @@ class MapMetric:
             lines = _line_writer(
                 text.sample_name(fam.name, fam.kind),
                 self.label_names,
+                self.order,
                 len(self.keys.leaves),
                 len(self.values.leaves),
                 fam.column,
@@ -374,13 +378,14 @@ class MapMetric:
                     nums if total is None else [a + b for a, b in zip(total, nums)]
                 )
             series = self.totals
-        names = tuple(self.label_names)
+        names, order = self.sorted_names, self.order
         for k, fam in enumerate(self.families):
             yield text.header(fam.name, fam.kind, fam.help, om)
             sample = text.sample_name(fam.name, fam.kind)
             chunk: list[str] = []
             for labels, nums in series.items():
-                chunk.append(f"{sample}{text.labels_text(names, labels)} {text.number(nums[k])}\n")
+                values = tuple([labels[i] for i in order])
+                chunk.append(f"{sample}{text.labels_text(names, values)} {text.number(nums[k])}\n")
                 if len(chunk) >= CHUNK_ROWS:
                     yield "".join(chunk)
                     chunk = []
@@ -400,10 +405,10 @@ class MapMetric:
         yield text.header(fam.name, "histogram", fam.help, om)
         keys, sum_key = bucket_keys(spec)
         les = [text.number(bucket_bound(spec, k)) for k in keys]
-        names = tuple(self.label_names)
+        names, order = self.sorted_names, self.order
         chunk: list[str] = []
         for labels, counts in series.items():
-            inner = text.labels_text(names, labels)[1:-1]
+            inner = text.labels_text(names, tuple([labels[i] for i in order]))[1:-1]
             lt = f"{{{inner}}}" if inner else ""
             pre = f'{fam.name}_bucket{{{inner},le="' if inner else f'{fam.name}_bucket{{le="'
             cum = 0
@@ -422,7 +427,12 @@ class MapMetric:
 
 
 def _line_writer(
-    sample: str, label_names: Sequence[str], nkeys: int, nvals: int, column: int
+    sample: str,
+    label_names: Sequence[str],
+    order: Sequence[int],
+    nkeys: int,
+    nvals: int,
+    column: int,
 ) -> Callable[[Iterator[tuple[Any, ...]], Iterator[tuple[Any, ...]]], str]:
     """A function writing one sample line per (key tuple, value tuple) of integers.
 
@@ -432,7 +442,7 @@ def _line_writer(
     """
     kvars = "".join(f"k{i}, " for i in range(nkeys))
     vvars = "".join(f"v{i}, " for i in range(nvals))
-    labels = ",".join(f'{name}="{{k{i}}}"' for i, name in enumerate(label_names))
+    labels = ",".join(f'{label_names[i]}="{{k{i}}}"' for i in order)
     line = f"{sample}{{{{{labels}}}}} {{v{column}}}\\n" if labels else f"{sample} {{v{column}}}\\n"
     src = (
         "def lines(krows, vrows):\n"
