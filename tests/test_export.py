@@ -118,7 +118,12 @@ def promtool_clean(body: str) -> None:
         skip_or_fail("promtool is not installed (apt-get install prometheus)")
         return
     proc = subprocess.run(
-        [promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=60
+        [promtool, "check", "metrics"],
+        check=False,
+        input=body,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
 
@@ -292,7 +297,13 @@ def test_percpu_histogram_summed_or_split_by_cpu(make_map: Callable[..., Map]) -
         LabelSpec("set", 4, 0, (DecoderSpec("uint"),)),
         LabelSpec("bucket", 4, 0, (DecoderSpec("uint"),)),
     )
-    h = dict(bucket_type="exp2", bucket_min=0, bucket_max=3, bucket_multiplier=0.5, labels=labels)
+    h: dict[str, Any] = {
+        "bucket_type": "exp2",
+        "bucket_min": 0,
+        "bucket_max": 3,
+        "bucket_multiplier": 0.5,
+        "labels": labels,
+    }
     per_cpu_total = ncpus * (ncpus + 1) // 2
     with exporter(m, spec("histogram", "lat_seconds", **h)) as ex:
         got = samples(scrape(ex), "lat_seconds")
