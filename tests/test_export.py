@@ -7,6 +7,7 @@ The end-to-end test against a real Prometheus server is in test_export_e2e.py.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -655,3 +656,39 @@ def test_sighup_reloads_the_config_without_dropping_the_listener(
         promtool_clean(body)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_runs_with_cap_bpf_and_cap_perfmon_only(bpf: None, example_objects: Path) -> None:
+    """What the example systemd unit grants: the programs attach and the maps are served."""
+    require_module("yaml")
+    capsh = shutil.which("capsh")
+    if capsh is None:
+        skip_or_fail("capsh not found: install libcap2-bin (`make deps`)")
+        return
+    bounding = (
+        subprocess.run([capsh, "--print"], capture_output=True, text=True, check=True)
+        .stdout.split("Bounding set =", 1)[1]
+        .split("\n", 1)[0]
+    )
+    drop = ",".join(c for c in bounding.split(",") if c not in ("cap_bpf", "cap_perfmon"))
+    proc = subprocess.Popen(
+        [capsh, f"--drop={drop}", "--", "-c", 'exec "$0" "$@"', sys.executable, "-m",
+         "libbpf_batch", "export", "--config", str(example_objects / "syscalls.yaml"),
+         "--listen", "127.0.0.1:0", "--max-scrapes", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    with reaped(proc):
+        assert proc.stderr is not None
+        lines = []
+        while not lines or " on http://" not in lines[-1]:
+            line = proc.stderr.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        body = get(lines[-1].strip().rsplit(" ", 1)[1])
+        assert proc.wait(timeout=30) == 0
+    # proof it ran without CAP_SYS_ADMIN: the map's BTF (by id) was out of reach
+    assert "no BTF without CAP_SYS_ADMIN" in "".join(lines)
+    assert 'program_attached{config="syscalls",program="count_syscalls"} 1' in body
+    assert re.search(
+        r'^ebpf_exporter_syscalls_total\{comm="[^"]*",syscall="\w+"\} \d+$', body, re.MULTILINE
+    )

@@ -9,6 +9,8 @@ struct code; :func:`slow_decoder` decodes such maps element by element with ``Ma
 
 from __future__ import annotations
 
+import errno
+import logging
 import struct
 import sys
 from collections.abc import Callable, Sequence
@@ -16,7 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import btf as _btf
+from ..errors import BpfError
 from ..maps import Map
+
+log = logging.getLogger("libbpf_batch.exporter")
 
 _UINT = {1: "B", 2: "H", 4: "I", 8: "Q"}
 _SINT = {1: "b", 2: "h", 4: "i", 8: "q"}
@@ -55,7 +60,14 @@ def btf_leaves(m: Map, what: str) -> list[Leaf] | None:
     type_id = info.btf_key_type_id if what == "key" else info.btf_value_type_id
     if not info.btf_id or not type_id:
         return None
-    b = _btf.load_btf(info.btf_id)
+    try:
+        b = _btf.load_btf(info.btf_id)
+    except BpfError as e:
+        if e.errno != errno.EPERM:
+            raise
+        # BPF_BTF_GET_FD_BY_ID wants CAP_SYS_ADMIN; with CAP_BPF alone, do without BTF
+        log.warning("map %r: no BTF without CAP_SYS_ADMIN (%s); reading it untyped", m.name, e)
+        return None
     out: list[Leaf] = []
     _walk(b, type_id, "", 0, out, 0)
     return out

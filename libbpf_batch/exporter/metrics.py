@@ -149,7 +149,9 @@ class MapMetric:
 
             self.ncpus = possible_cpus()
         slot = (m.value_size + 7) & ~7 if m.is_percpu else m.value_size
-        self.keys, key_btf = _rows(m, "key", m.key_size, key_format, use_btf)
+        # configured labels read the key themselves: its BTF is not needed
+        key_btf_wanted = use_btf and spec.labels is None
+        self.keys, key_btf = _rows(m, "key", m.key_size, key_format, key_btf_wanted)
         self.values, _ = _rows(m, "value", slot, value_format, use_btf)
         self.key_decoder: KeyDecoder | None = None
         if spec.labels is not None:
