@@ -692,3 +692,35 @@ def test_runs_with_cap_bpf_and_cap_perfmon_only(bpf: None, example_objects: Path
     assert re.search(
         r'^ebpf_exporter_syscalls_total\{comm="[^"]*",syscall="\w+"\} \d+$', body, re.MULTILINE
     )
+
+
+def test_config_metrics_over_maps_already_loaded_by_id_pin_or_name(
+    make_map: Callable[..., Map], tmp_path: Path
+) -> None:
+    from bpf.build import bpffs
+
+    name = "exp_" + os.urandom(4).hex()
+    m = make_map(MapType.HASH, 4, 8, 16, name=name)
+    m.update(u32(1), struct.pack("<Q", 11))
+    label = [{"name": "k", "size": 4, "decoders": [{"name": "uint"}]}]
+    try:
+        with bpffs() as fs:
+            m.pin(str(fs / "m"))
+            doc = {
+                "metrics": {
+                    "gauges": [
+                        {"name": "by_id", "map": {"id": m.id}, "labels": label},
+                        {"name": "by_pin", "map": {"pinned": str(fs / "m")}, "labels": label},
+                        {"name": "by_name", "map": {"name": name}, "labels": label},
+                    ]
+                }
+            }
+            with Exporter(lambda: load([parse(doc, tmp_path / "x.yaml")], dec.DecoderSet(),
+                                       prefix="p_")) as ex:  # fmt: skip
+                got = samples(scrape(ex), "p_")
+    except Unavailable as e:
+        skip_or_fail(str(e))
+    assert got == {'p_by_id{k="1"}': "11", 'p_by_pin{k="1"}': "11", 'p_by_name{k="1"}': "11"}
+    with pytest.raises(ConfigError, match="no map named 'exp_none'"):
+        load([parse({"metrics": {"gauges": [{"name": "g", "map": {"name": "exp_none"}}]}},
+                    tmp_path / "x.yaml")], dec.DecoderSet())  # fmt: skip
