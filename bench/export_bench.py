@@ -103,15 +103,18 @@ server.server_close(); exporter.close()
 def _scrape(map_id: int, body_path: Path) -> dict[str, Any]:
     """One scrape of the child exporter: timed from request to the body's last byte."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(map_id)], stdout=subprocess.PIPE,
-                             text=True, env=env)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(map_id)], stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         assert child.stdout is not None
         port = int(child.stdout.readline())
         start = time.perf_counter()
         size = 0
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=600) as r, \
-                open(body_path, "wb") as out:
+        with (
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=600) as r,
+            open(body_path, "wb") as out,
+        ):
             while piece := r.read(1 << 20):
                 out.write(piece)
                 size += len(piece)
@@ -147,8 +150,10 @@ def _compile_maps(entries: int, out_dir: Path) -> Path:
     src.write_text(MAPS_SOURCE % {"entries": entries})
     obj = out_dir / "export_maps.bpf.o"
     cmd = [clang, "-target", "bpf", "-g", "-O2", "-I", str(LIBBPF / "include")]
-    cmd += [f"-idirafter{d}" for d in sorted(str(p.parent.parent) for p in
-                                            Path("/usr/include").glob("*/asm/types.h"))]
+    cmd += [
+        f"-idirafter{d}"
+        for d in sorted(str(p.parent.parent) for p in Path("/usr/include").glob("*/asm/types.h"))
+    ]
     subprocess.run([*cmd, "-c", str(src), "-o", str(obj)], check=True, capture_output=True)
     return obj
 
@@ -157,9 +162,20 @@ def _c_reader() -> Path:
     if not C_BINARY.exists() or C_BINARY.stat().st_mtime < C_SOURCE.stat().st_mtime:
         C_BINARY.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            ["gcc", "-O2", "-I", str(LIBBPF / "include"), str(C_SOURCE),
-             str(LIBBPF / "lib" / "libbpf.a"), "-lelf", "-lz", "-o", str(C_BINARY)],
-            check=True, capture_output=True,
+            [
+                "gcc",
+                "-O2",
+                "-I",
+                str(LIBBPF / "include"),
+                str(C_SOURCE),
+                str(LIBBPF / "lib" / "libbpf.a"),
+                "-lelf",
+                "-lz",
+                "-o",
+                str(C_BINARY),
+            ],
+            check=True,
+            capture_output=True,
         )
     return C_BINARY
 
@@ -169,8 +185,9 @@ def _fill_flows(m: Any, entries: int) -> tuple[int, int]:
     step = 65536
     for lo in range(0, entries, step):
         n = min(step, entries - lo)
-        keys = b"".join(struct.pack("<IHBx", i, i & 0xFFFF, 6 if i & 1 else 17)
-                        for i in range(lo, lo + n))
+        keys = b"".join(
+            struct.pack("<IHBx", i, i & 0xFFFF, 6 if i & 1 else 17) for i in range(lo, lo + n)
+        )
         values = b"".join(struct.pack("<QQ", i + 1, 64 * (i + 1)) for i in range(lo, lo + n))
         m.update_batch(keys, values)
     total = entries * (entries + 1) // 2
@@ -201,8 +218,13 @@ def _histogram_scrape(obj_map: Any, tmp: Path) -> dict[str, Any]:
         series = body.count("_count{")
         assert series == 100, f"histogram: {series} label sets, expected 100"
         assert Map is not None
-        return {"entries": 10_000, "label_sets": series, "seconds_median": statistics.median(times),
-                "seconds_all": times, "body_bytes": len(body.encode())}
+        return {
+            "entries": 10_000,
+            "label_sets": series,
+            "seconds_median": statistics.median(times),
+            "seconds_all": times,
+            "body_bytes": len(body.encode()),
+        }
     finally:
         loaded.close()
 
@@ -224,12 +246,22 @@ def run(entries: int = 1_000_000) -> dict[str, Any]:
                 scrape = _scrape(flows.id, tmp / "body.txt")
                 lines, packets, nbytes = _check_body(tmp / "body.txt")
                 ok = (lines, packets, nbytes) == (2 * entries, want_packets, want_bytes)
-                c_walk = json.loads(subprocess.run([str(c_reader), "--id", str(flows.id)],
-                                                   check=True, capture_output=True,
-                                                   text=True).stdout)
-                c_fmt = json.loads(subprocess.run([str(c_reader), "--id", str(flows.id),
-                                                   "--format"], check=True,
-                                                  capture_output=True, text=True).stdout)
+                c_walk = json.loads(
+                    subprocess.run(
+                        [str(c_reader), "--id", str(flows.id)],
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                    ).stdout
+                )
+                c_fmt = json.loads(
+                    subprocess.run(
+                        [str(c_reader), "--id", str(flows.id), "--format"],
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                    ).stdout
+                )
                 ok = ok and c_walk["entries"] == entries and c_walk["sum"] == want_packets
                 hist = _histogram_scrape(latency, tmp)
     return {
