@@ -35,7 +35,7 @@ from libbpf_batch.exporter.config import (
     MetricSpec,
     parse,
 )
-from libbpf_batch.exporter.metrics import histogram
+from libbpf_batch.exporter.histogram import histogram
 from libbpf_batch.exporter.server import Exporter, metrics_server, wants_openmetrics
 from libbpf_batch.exporter.sources import load
 from libbpf_batch.objects import BpfObject

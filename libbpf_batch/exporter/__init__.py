@@ -1,7 +1,9 @@
 """The exporter: BPF maps as Prometheus metrics, read with batch lookups on every scrape.
 
-``config`` reads ebpf_exporter-style YAML, ``decoders`` turns key bytes into label values,
-``layout`` reads the map's BTF (the one place it is read), ``metrics`` turns one map's elements
-into exposition text, ``sources`` loads objects and opens maps, ``server`` serves /metrics and
-``command`` is the ``libbpf-batch export`` subcommand.
+``config`` reads ebpf_exporter-style YAML; ``sources`` loads objects (``elf`` lists their
+programs), attaches programs and opens maps; ``layout`` reads a map's BTF (the one place it is
+read); ``rows`` turns key/value buffers into tuples; ``decoders`` turns key bytes into label
+values; ``metrics`` writes one map's families (``histogram`` has the bucket rules, ``text`` the
+exposition formats); ``server`` serves /metrics and reloads; ``command`` is ``libbpf-batch
+export``.
 """

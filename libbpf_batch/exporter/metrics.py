@@ -10,18 +10,18 @@ decoders may map two keys to one label set, the aggregated series).
 from __future__ import annotations
 
 import logging
-import math
-import struct
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BpfError
 from ..maps import Map
-from . import layout, text
+from . import text
 from .config import ConfigError, MetricSpec, sanitize
 from .decoders import DecodeError, DecoderSet, KeyDecoder, SkipRow
+from .histogram import bucket_bound, bucket_keys
+from .rows import label_text, line_writer, read_rows
 
 log = logging.getLogger("libbpf_batch.exporter")
 
@@ -32,88 +32,6 @@ try:  # the double-buffered harvest (issue 11), where it exists
     from ..harvest import DoubleBufferedMap, is_double_buffered  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - depends on what is merged
     DoubleBufferedMap = is_double_buffered = None
-
-
-class Rows:
-    """How to read a buffer of keys or values into tuples, one per row, one item per leaf."""
-
-    def __init__(
-        self, leaves: Sequence[layout.Leaf], size: int, st: struct.Struct | None, slow: Any
-    ) -> None:
-        self.leaves = list(leaves)
-        self.names = [x.name for x in leaves]
-        self.size = size
-        self.st = st
-        self.slow = slow  # element by element, when struct can't read the fields
-
-    def read(self, buf: Any, count: int) -> list[tuple[Any, ...]]:
-        if self.st is not None:
-            return list(self.st.iter_unpack(buf[: count * self.size]))
-        out = []
-        for i in range(count):
-            flat = _flatten(self.slow(bytes(buf[i * self.size : (i + 1) * self.size])))
-            out.append(tuple(flat.get(n) for n in self.names))
-        return out
-
-
-def _flatten(v: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(v, dict):
-        out: dict[str, Any] = {}
-        for k, sub in v.items():
-            out.update(_flatten(sub, f"{prefix}_{k}" if prefix and k else prefix or str(k)))
-        return out
-    if isinstance(v, list):
-        out = {}
-        for i, sub in enumerate(v):
-            out.update(_flatten(sub, f"{prefix}_{i}" if prefix else str(i)))
-        return out
-    return {prefix: v}
-
-
-def _rows(m: Map, what: str, size: int, fmt: str | None, use_btf: bool) -> tuple[Rows, bool]:
-    """The Rows of keys or values and whether they came from BTF."""
-    if fmt is not None:
-        st = struct.Struct(fmt)
-        if st.size != (m.key_size if what == "key" else m.value_size):
-            raise ConfigError(
-                f"--{what}-format {fmt!r} is {st.size} bytes, the map's {what}s are "
-                f"{m.key_size if what == 'key' else m.value_size}"
-            )
-        padded = struct.Struct(st.format + f"{size - st.size}x") if size > st.size else st
-        return Rows(layout.format_leaves(fmt, what), size, padded, None), False
-    leaves = layout.btf_leaves(m, what) if use_btf else None
-    if leaves is not None:
-        row = layout.row_struct(leaves, size)
-        slow = layout.slow_decoder(m, what) if row is None else None
-        leaves = [layout.Leaf(x.name or what, *_rest(x)) for x in leaves]
-        return Rows(leaves, size, row, slow), True
-    leaf = layout.scalar_leaf(m.key_size if what == "key" else m.value_size, what)
-    if leaf is None:
-        return Rows(
-            [layout.Leaf(what, 0, size, "bytes", f"{size}s")], size, struct.Struct(f"{size}s"), None
-        ), False
-    return Rows([leaf], size, layout.row_struct([leaf], size), None), False
-
-
-def _rest(x: layout.Leaf) -> tuple[Any, ...]:
-    return (x.offset, x.size, x.kind, x.code, x.enumerators)
-
-
-def _label_text(leaf: layout.Leaf, v: Any) -> str:
-    if leaf.kind == "enum" and leaf.enumerators:
-        for name, value in leaf.enumerators:
-            if value == v:
-                return name
-    if isinstance(v, bytes):
-        if leaf.kind == "string":
-            end = v.find(b"\0")
-            return v[: end if end >= 0 else None].decode("utf-8", errors="backslashreplace")
-        return v.hex()
-    if isinstance(v, bool):
-        return "1" if v else "0"
-    if leaf.kind == "pointer":
-        return f"0x{v:x}"
-    return str(v)
 
 
 @dataclass
@@ -151,8 +69,8 @@ class MapMetric:
         slot = (m.value_size + 7) & ~7 if m.is_percpu else m.value_size
         # configured labels read the key themselves: its BTF is not needed
         key_btf_wanted = use_btf and spec.labels is None
-        self.keys, key_btf = _rows(m, "key", m.key_size, key_format, key_btf_wanted)
-        self.values, _ = _rows(m, "value", slot, value_format, use_btf)
+        self.keys, key_btf = read_rows(m, "key", m.key_size, key_format, key_btf_wanted)
+        self.values, _ = read_rows(m, "value", slot, value_format, use_btf)
         self.key_decoder: KeyDecoder | None = None
         if spec.labels is not None:
             self.key_decoder = decoders.label_decoder(spec.labels, m.key_size, self.where)
@@ -288,7 +206,7 @@ class MapMetric:
         ks, vs = kst.size, vst.size
         for fam in self.families:
             yield text.header(fam.name, fam.kind, fam.help, om)
-            lines = _line_writer(
+            lines = line_writer(
                 text.sample_name(fam.name, fam.kind),
                 self.label_names,
                 self.order,
@@ -322,7 +240,7 @@ class MapMetric:
             for r, krow in enumerate(krows):
                 try:
                     if decode is None:
-                        labels = tuple([_label_text(x, v) for x, v in zip(key_leaves, krow)])
+                        labels = tuple([label_text(x, v) for x, v in zip(key_leaves, krow)])
                     else:
                         labels = decode(krow)
                 except SkipRow:
@@ -428,34 +346,6 @@ class MapMetric:
         yield "".join(chunk)
 
 
-def _line_writer(
-    sample: str,
-    label_names: Sequence[str],
-    order: Sequence[int],
-    nkeys: int,
-    nvals: int,
-    column: int,
-) -> Callable[[Iterator[tuple[Any, ...]], Iterator[tuple[Any, ...]]], str]:
-    """A function writing one sample line per (key tuple, value tuple) of integers.
-
-    Generated code: one f-string per line is the cheapest way CPython has to write text (about
-    twice as fast as %-formatting a tuple). Names are validated metric/label names, so they
-    can't break out of the generated string.
-    """
-    kvars = "".join(f"k{i}, " for i in range(nkeys))
-    vvars = "".join(f"v{i}, " for i in range(nvals))
-    labels = ",".join(f'{label_names[i]}="{{k{i}}}"' for i in order)
-    line = f"{sample}{{{{{labels}}}}} {{v{column}}}\\n" if labels else f"{sample} {{v{column}}}\\n"
-    src = (
-        "def lines(krows, vrows):\n"
-        f"    return ''.join([f'{line}' for ({kvars}), ({vvars}) in zip(krows, vrows)])\n"
-    )
-    scope: dict[str, Any] = {}
-    exec(compile(src, f"<exporter lines {sample}>", "exec"), scope)  # noqa: S102
-    writer: Callable[[Iterator[tuple[Any, ...]], Iterator[tuple[Any, ...]]], str] = scope["lines"]
-    return writer
-
-
 def _num(v: Any) -> int | float:
     if isinstance(v, (int, float)):
         return int(v) if isinstance(v, bool) else v
@@ -475,39 +365,4 @@ def _add(
     series[labels] = nums if have is None else [a + b for a, b in zip(have, nums)]
 
 
-def bucket_bound(spec: MetricSpec, key: float) -> float:
-    """The upper bound (``le``) of the bucket a histogram map keys as ``key``."""
-    mult = spec.bucket_multiplier
-    if spec.bucket_type == "exp2":
-        return math.ldexp(1.0, int(key)) * mult
-    if spec.bucket_type == "exp2zero":
-        return 0.0 if key == 0 else math.ldexp(1.0, int(key) - 1) * mult
-    return key * mult  # linear, fixed
-
-
-def bucket_keys(spec: MetricSpec) -> tuple[list[float], float]:
-    """The map keys that are buckets, in order, and the key that holds the sum.
-
-    As ebpf_exporter reads them: bucket_min..bucket_max (or bucket_keys), then the key after the
-    last; other keys are ignored.
-    """
-    if spec.bucket_type == "fixed":
-        return list(spec.bucket_keys), spec.bucket_keys[-1] + 1
-    return [float(k) for k in range(spec.bucket_min, spec.bucket_max + 1)], float(
-        spec.bucket_max + 1
-    )
-
-
-def histogram(
-    spec: MetricSpec, counts: dict[float, int]
-) -> tuple[list[tuple[float, int]], int, float]:
-    """Cumulative (le, count) buckets with gaps filled, the total count and the sum."""
-    keys, sum_key = bucket_keys(spec)
-    out, cum = [], 0
-    for k in keys:
-        cum += counts.get(k, 0)
-        out.append((bucket_bound(spec, k), cum))
-    return out, cum, counts.get(sum_key, 0) * spec.bucket_multiplier
-
-
-__all__ = ["CHUNK_ROWS", "Family", "MapMetric", "bucket_bound", "bucket_keys", "histogram"]
+__all__ = ["CHUNK_ROWS", "Family", "MapMetric"]
