@@ -724,3 +724,48 @@ def test_config_metrics_over_maps_already_loaded_by_id_pin_or_name(
     with pytest.raises(ConfigError, match="no map named 'exp_none'"):
         load([parse({"metrics": {"gauges": [{"name": "g", "map": {"name": "exp_none"}}]}},
                     tmp_path / "x.yaml")], dec.DecoderSet())  # fmt: skip
+
+
+def test_drain_mode_histograms_accumulate(make_map: Callable[..., Map]) -> None:
+    m = make_map(MapType.HASH, 4, 8, 16)
+    labels = (LabelSpec("bucket", 4, 0, (DecoderSpec("uint"),)),)
+    s = spec(
+        "histogram", "dh", bucket_type="linear", bucket_min=0, bucket_max=1, labels=labels,
+        drain=True,
+    )  # fmt: skip
+    with exporter(m, s) as ex:
+        m.update(u32(0), struct.pack("<Q", 2))
+        m.update(u32(2), struct.pack("<Q", 9))  # the sum key
+        assert samples(scrape(ex), "dh_count") == {"dh_count": "2"}
+        m.update(u32(1), struct.pack("<Q", 3))
+        got = samples(scrape(ex), "dh")
+    assert got == {
+        'dh_bucket{le="0.0"}': "2",
+        'dh_bucket{le="1.0"}': "5",
+        'dh_bucket{le="+Inf"}': "5",
+        "dh_sum": "9.0",
+        "dh_count": "5",
+    }
+    assert list(m.keys()) == []
+
+
+def test_a_client_leaving_mid_scrape_does_not_block_the_next(make_map: Callable[..., Map]) -> None:
+    m = make_map(MapType.HASH, 4, 8, 100_000)
+    m.update_batch(
+        b"".join(u32(i) for i in range(100_000)),
+        b"".join(struct.pack("<Q", i) for i in range(100_000)),
+    )
+    with exporter(m, spec("gauge", "big"), key_format="<I") as ex:
+        server = metrics_server(ex, "127.0.0.1", 0)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            port = server.server_address[1]
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+                assert s.recv(4096).startswith(b"HTTP/1.0 200")
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            body = get(f"http://127.0.0.1:{port}/metrics")  # the lock was released: it answers
+            assert len(samples(body, "big{")) == 100_000
+        finally:
+            server.shutdown()
+            server.server_close()

@@ -65,7 +65,11 @@ class Exporter:
         """The whole exposition, in chunks; holds the scrape lock while it runs."""
         with self.lock:
             for metric in self.loaded.metrics:
-                yield from metric.collect(om)
+                try:
+                    yield from metric.collect(om)
+                except Exception:  # one map's bug must not end every scrape
+                    metric.read_errors += 1
+                    log.exception("%s: scrape failed", metric.where)
             yield from self._self_metrics(om)
             if om:
                 yield "# EOF\n"
@@ -193,14 +197,20 @@ def metrics_server(
                 return
             pending: list[bytes] = []
             size = 0
-            for chunk in exporter.scrape(self.om):
-                data = chunk.encode()
-                pending.append(data)
-                size += len(data)
-                if size >= _WRITE_BYTES:
-                    self.wfile.write(b"".join(pending))
-                    pending, size = [], 0
-            self.wfile.write(b"".join(pending))
+            chunks = exporter.scrape(self.om)
+            try:
+                for chunk in chunks:
+                    data = chunk.encode()
+                    pending.append(data)
+                    size += len(data)
+                    if size >= _WRITE_BYTES:
+                        self.wfile.write(b"".join(pending))
+                        pending, size = [], 0
+                self.wfile.write(b"".join(pending))
+            except (BrokenPipeError, ConnectionResetError):
+                log.info("a scrape's client went away before the end of the body")
+            finally:
+                chunks.close()  # releases the scrape lock at once
             served[0] += 1
             if max_scrapes and served[0] >= max_scrapes:
                 threading.Thread(target=self.server.shutdown, daemon=True).start()
