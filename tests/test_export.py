@@ -769,3 +769,18 @@ def test_a_client_leaving_mid_scrape_does_not_block_the_next(make_map: Callable[
         finally:
             server.shutdown()
             server.server_close()
+
+
+def test_config_without_pyyaml_says_what_to_install(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['yaml'] = None\n"  # hide it: ImportError
+        "from libbpf_batch.cli import main\n"
+        f"sys.exit(main(['export', '--config', {str(tmp_path / 'x.yaml')!r}]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "libbpf-batch: --config needs PyYAML: pip install 'libbpf-batch[yaml]'"
+    )

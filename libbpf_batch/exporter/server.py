@@ -8,11 +8,12 @@ nothing. ``Accept: application/openmetrics-text`` gets OpenMetrics 1.0.
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -61,7 +62,7 @@ class Exporter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def scrape(self, om: bool) -> Iterator[str]:
+    def scrape(self, om: bool) -> Generator[str, None, None]:
         """The whole exposition, in chunks; holds the scrape lock while it runs."""
         with self.lock:
             for metric in self.loaded.metrics:
@@ -218,11 +219,16 @@ def metrics_server(
         def log_message(self, format: str, *a: Any) -> None:
             pass
 
-    family = socket.AF_INET6 if host in ("", "::") and socket.has_ipv6 else socket.AF_INET
     if ":" in host:
-        family = socket.AF_INET6
-    server_class: type[_Server] = _Server6 if family == socket.AF_INET6 else _Server
-    return server_class((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port), Handler)
+        return _Server6((host, port), Handler)
+    if host == "" and socket.has_ipv6:
+        try:
+            return _Server6(("::", port), Handler)
+        except OSError as e:
+            if e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                raise  # e.g. EADDRINUSE: the same on IPv4
+            # a kernel without IPv6: every IPv4 interface
+    return _Server((host or "0.0.0.0", port), Handler)
 
 
 def serve_until_stopped(server: ThreadingHTTPServer, exporter: Exporter) -> None:
