@@ -784,3 +784,22 @@ def test_config_without_pyyaml_says_what_to_install(tmp_path: Path) -> None:
     assert proc.stderr.strip() == (
         "libbpf-batch: --config needs PyYAML: pip install 'libbpf-batch[yaml]'"
     )
+
+
+@pytest.mark.source_tree
+def test_export_bench_runs_and_checks_its_own_scrape(bpf: None) -> None:
+    """bench/export_bench.py at a small size: the scrape's body is checked line by line."""
+    import importlib.util
+
+    if shutil.which("gcc") is None or shutil.which("clang") is None:
+        skip_or_fail("gcc and clang are needed for bench/export_bench.py")
+    path = Path(__file__).resolve().parent.parent / "bench" / "export_bench.py"
+    module_spec = importlib.util.spec_from_file_location("export_bench", path)
+    assert module_spec is not None and module_spec.loader is not None
+    bench = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(bench)
+    result = bench.run(entries=5000)
+    assert result["checked"] is True
+    assert result["scrape"]["fast_path"] is True and result["scrape"]["entries"] == 5000
+    assert result["c_per_key_walk"]["entries"] == 5000
+    assert result["histogram"]["label_sets"] == 100
