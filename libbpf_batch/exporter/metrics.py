@@ -102,6 +102,7 @@ class MapMetric:
         self.hist_totals: dict[tuple[str, ...], dict[float, int]] = {}
         # self-metrics
         self.duration = 0.0
+        self.read_duration = 0.0  # of the duration, the batch reads
         self.entries = 0
         self.decode_errors = 0
         self.read_errors = 0
@@ -186,6 +187,7 @@ class MapMetric:
         start = time.perf_counter()
         try:
             snap = self._read()
+            self.read_duration = time.perf_counter() - start
             if snap is None:
                 return
             keys, values, n = snap
