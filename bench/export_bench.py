@@ -1,19 +1,20 @@
 """The exporter's scrape cost, measured: ``run(entries=1_000_000) -> dict``, or run this file.
 
 1. A HASH map of ``entries`` elements ``{u32 pid; u16 port; u8 proto}`` -> ``{u64 packets;
-   u64 bytes}``, created with BTF (bench/export_maps.bpf.c, built with clang) and filled with
-   update_batch. One scrape of it over HTTP, in a fresh child process (so its peak RSS is the
-   scrape's own): the exporter serves on a loopback port and the child reads the body in 1 MiB
-   pieces. Reported: seconds, body bytes, peak RSS (VmHWM) and the RSS before the scrape, the
-   time of the map read alone, and the body's lines and the sums of every value checked
-   against what was written.
+   u64 bytes}``, created with BTF (the source is generated here, built with clang) and filled
+   with update_batch. One scrape of it over HTTP: the exporter runs in a fresh child process
+   (so its peak RSS is the scrape's own) on a loopback port, and this process reads the body
+   in 1 MiB pieces into a file. Reported: seconds (request to last byte), body bytes, the
+   exporter's peak RSS (VmHWM), its RSS before the scrape, its CPU time, how long its batch
+   reads took; then every line of the body is checked (count, sums of both values).
 2. The C per-key reader (bench/export_perkey.c: get_next_key + lookup_elem per key, as
    ebpf_exporter walks a map), on the same map in the same run; once walking only, once also
-   formatting the text lines in C. Ratios: its walk / our scrape and its walk / our read.
+   formatting the text lines in C; wall and CPU time. Ratios: its walk / our scrape (wall,
+   and CPU) and its walk / our batch reads.
 3. A 10,000-entry histogram map (100 label sets x 100 linear buckets, ebpf_exporter labels with
    uint decoders): one scrape, timed (median of 5).
 
-Needs root (or CAP_BPF + CAP_PERFMON), clang and gcc; the C reader is built against the pinned
+Needs root (CAP_SYS_ADMIN: the child opens the map by id), clang and gcc; the C reader is built against the pinned
 libbpf in build/libbpf/install (``make build``).
 """
 
