@@ -803,3 +803,28 @@ def test_export_bench_runs_and_checks_its_own_scrape(bpf: None) -> None:
     assert result["scrape"]["fast_path"] is True and result["scrape"]["entries"] == 5000
     assert result["c_per_key_walk"]["entries"] == 5000
     assert result["histogram"]["label_sets"] == 100
+
+
+def test_drain_mode_harvests_a_double_buffered_map_by_swapping(bpf: None, tmp_path: Path) -> None:
+    from libbpf_batch.double_buffer import get_include
+
+    source = Path(__file__).resolve().parent / "bpf" / "double_buffer.bpf.c"
+    try:
+        obj_path = compile_program(source, tmp_path, [get_include()])
+    except Unavailable as e:
+        skip_or_fail(str(e))
+    key = struct.pack("<II", 7, 39)
+    with BpfObject.open_file(obj_path) as obj:
+        obj.load()
+        with obj.map("db_syscalls") as outer:
+            with exporter(outer, spec("counter", "dbs", drain=True)) as ex:
+                (metric,) = ex.loaded.metrics
+                first = metric.dbuf.current
+                first.update(key, struct.pack("<Q", 5))
+                assert samples(scrape(ex), "dbs") == {'dbs_count_total{nr="39",pid="7"}': "5"}
+                assert metric.dbuf.current.id != first.id  # swapped: programs write the spare
+                metric.dbuf.current.update(key, struct.pack("<Q", 2))
+                assert samples(scrape(ex), "dbs") == {'dbs_count_total{nr="39",pid="7"}': "7"}
+            with exporter(outer, spec("gauge", "now")) as ex:  # no drain: the inner map as is
+                ex.loaded.metrics[0].dbuf.current.update(key, struct.pack("<Q", 3))
+                assert samples(scrape(ex), "now") == {'now_count{nr="39",pid="7"}': "3"}

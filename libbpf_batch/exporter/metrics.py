@@ -28,10 +28,10 @@ log = logging.getLogger("libbpf_batch.exporter")
 CHUNK_ROWS = 8192  # rows formatted per text chunk
 _INT_KINDS = ("uint", "int")  # what f"{v}" writes as Prometheus reads it
 
-try:  # the double-buffered harvest (issue 11), where it exists
-    from ..harvest import DoubleBufferedMap, is_double_buffered  # type: ignore[import-not-found]
+try:  # double-buffered maps (issue 11), where that module is installed
+    from ..double_buffer import DoubleBufferedMap, is_double_buffered
 except ImportError:  # pragma: no cover - depends on what is merged
-    DoubleBufferedMap = is_double_buffered = None
+    DoubleBufferedMap = is_double_buffered = None  # type: ignore[assignment,misc]
 
 
 @dataclass
@@ -61,6 +61,32 @@ class MapMetric:
         self.spec, self.map, self.batch_size = spec, m, batch_size
         self.where = where or spec.name
         self.map_name = m.name
+        self.dbuf: Any = None
+        if is_double_buffered is not None and is_double_buffered(m):
+            # the outer map of a double buffer: the keys and values are its inner maps'
+            self.dbuf = DoubleBufferedMap(m)
+            m = self.dbuf.current
+        try:
+            self._setup(spec, m, decoders, prefix, key_format, value_format, use_btf)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the double buffer's maps, if any (the map itself belongs to the caller)."""
+        if self.dbuf is not None:
+            self.dbuf.close()
+
+    def _setup(
+        self,
+        spec: MetricSpec,
+        m: Map,
+        decoders: DecoderSet,
+        prefix: str,
+        key_format: str | None,
+        value_format: str | None,
+        use_btf: bool,
+    ) -> None:
         self.ncpus = 1
         if m.is_percpu:
             from ..maps import possible_cpus
@@ -164,8 +190,10 @@ class MapMetric:
     def _read(self) -> tuple[Any, Any, int] | None:
         keys, values, n = bytearray(), bytearray(), 0
         m = self.map
-        if self.spec.drain and is_double_buffered is not None and is_double_buffered(m):
-            batches: Any = DoubleBufferedMap(m).harvest()
+        if self.dbuf is not None and self.spec.drain:
+            batches: Any = self.dbuf.harvest(self.batch_size, copy=False)  # swap, then drain
+        elif self.dbuf is not None:
+            batches = self.dbuf.current.batches(self.batch_size, copy=False)
         elif self.spec.drain:
             batches = m.drain(self.batch_size, copy=False)
         else:

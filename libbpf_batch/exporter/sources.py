@@ -45,6 +45,8 @@ class Loaded:
     maps: list[Map] = field(default_factory=list)
 
     def close(self) -> None:
+        for metric in self.metrics:
+            metric.close()
         for m in self.maps:
             m.close()
         for obj in self.objects:
