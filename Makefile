@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # Debian packages: libbpf's build (libelf, zlib, pkg-config), the BPF test programs (clang),
 # the permission tests (capsh).
-APT_PACKAGES := make gcc libelf-dev zlib1g-dev pkg-config clang llvm libcap2-bin
+APT_PACKAGES := make gcc libelf-dev zlib1g-dev pkg-config clang llvm libcap2-bin bpftool prometheus
 
 .PHONY: all deps venv build test demo bench wheel wheel-test sdist sdist-test system-test lint typecheck \
 	clean distclean
@@ -23,7 +23,7 @@ deps:  ## install the Debian packages that are missing
 $(VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U pip "setuptools>=77" wheel "cffi>=1.15"
-	$(PIP) install -q pytest hypothesis numpy build mypy ruff prometheus-client
+	$(PIP) install -q pytest hypothesis numpy build mypy ruff prometheus-client pyyaml
 	touch $@
 
 venv: $(VENV)/.ready

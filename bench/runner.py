@@ -30,10 +30,21 @@ def load_section(name: str) -> ModuleType | None:
         return None
 
 
+# What a section's keyword parameters get under --quick: a few seconds in all.
+QUICK_KWARGS = {"entries": 20_000, "repeat": 1, "swaps": 3, "calls": 200_000}
+
+
 def run_section(module: ModuleType, args: argparse.Namespace) -> dict[str, Any]:
-    """``module.run(args)``, or ``module.run()`` for a section that takes no arguments."""
+    """``module.run(args)`` for a section whose first parameter is ``args``; else ``run()``
+    with its own defaults, or with QUICK_KWARGS for those parameters it has under --quick."""
     run = module.run
-    result = run(args) if inspect.signature(run).parameters else run()
+    params = inspect.signature(run).parameters
+    if "args" in params:
+        result = run(args)
+    elif args.quick:
+        result = run(**{k: v for k, v in QUICK_KWARGS.items() if k in params})
+    else:
+        result = run()
     if not isinstance(result, dict):
         raise TypeError(f"run() returned {type(result).__name__}, not a dict")
     return result

@@ -286,36 +286,16 @@ def _parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    return host.strip("[]"), int(port)  # ':PORT': every interface, as exporters read it
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    try:  # lazy: prometheus_client is an extra, and only export needs it
-        from . import _export
-    except ImportError:
-        raise CliError(
-            "export needs prometheus_client: pip install 'libbpf-batch[prometheus]'"
-        ) from None
+    from .exporter import command, config
 
-    with _map_from_args(args) as m:
-        f = _formatter(m, args)
-        metric = args.metric or _export.label_name(f"bpf_map_{m.name}")
-        collector = _export.MapCollector(m, f, metric, args.type, args.batch_size)
-        host, port = args.listen
-        try:
-            server = _export.metrics_server(collector, host, port, args.max_scrapes)
-        except OSError as e:
-            raise CliError(f"listen {host}:{port}: {e.strerror or e}") from None
-        bound_host, bound_port = str(server.server_address[0]), server.server_address[1]
-        if not args.quiet:
-            print(
-                f"{PROG}: serving map {m.name!r} (id {m.id}) as {metric} on "
-                f"http://{bound_host}:{bound_port}/metrics",
-                file=sys.stderr,
-                flush=True,
-            )
-        _export.serve_until_stopped(server)
-    return 0
+    try:
+        return command.run(args, lambda: _map_from_args(args), PROG)
+    except config.ConfigError as e:
+        raise CliError(str(e)) from None
 
 
 def cmd_includes(args: argparse.Namespace) -> int:
@@ -447,18 +427,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_watch)
 
+    from .exporter.command import DEFAULT_PREFIX, metric_name
+
     p = sub.add_parser(
-        "export", parents=[common, map_arg, decode], help="serve the map to Prometheus"
+        "export",
+        parents=[common, decode],
+        help="serve maps to Prometheus: one map, or ebpf_exporter-style --config files",
+    )
+    p.add_argument("map_kind", nargs="?", choices=SPEC_KINDS, metavar="{id,pinned,name}")
+    p.add_argument("map_value", nargs="?", metavar="VALUE", help="the map's id, pin path or name")
+    p.add_argument(
+        "--config",
+        action="append",
+        metavar="FILE",
+        help="an ebpf_exporter-style YAML file (its object: FILE's stem + .bpf.o); repeatable",
     )
     p.add_argument(
         "--listen",
         type=_parse_listen,
         default=DEFAULT_LISTEN,
         metavar="HOST:PORT",
-        help=f"address to serve /metrics on (default {DEFAULT_LISTEN}; port 0: any)",
+        help=f"address to serve /metrics on (default {DEFAULT_LISTEN}; ':PORT' every "
+        "interface; port 0: any)",
     )
-    p.add_argument("--metric", help="metric name (default: bpf_map_<map name>)")
+    p.add_argument("--metric", type=metric_name, help="metric name (default: bpf_map_<map name>)")
     p.add_argument("--type", choices=("gauge", "counter"), default="gauge")
+    p.add_argument(
+        "--percpu",
+        choices=("sum", "cpu"),
+        default="sum",
+        help="per-CPU maps: sum the CPUs, or one series per CPU (label cpu)",
+    )
+    p.add_argument(
+        "--drain",
+        action="store_true",
+        help="drain the maps at each scrape (counters then add up what each scrape drained)",
+    )
+    p.add_argument(
+        "--prefix",
+        default=DEFAULT_PREFIX,
+        help=f"put before --config metric names (default {DEFAULT_PREFIX!r}, as ebpf_exporter)",
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="elements per batch call")
     p.add_argument(
         "--max-scrapes",
         type=_positive_int,

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from typing import Any, Callable, TypeVar
 
 from . import _bindings
+from ._libbpf import ffi
 from .errors import named_call
 from .maps import Map
 
@@ -114,6 +116,17 @@ class BpfObject:
         """The fd of loaded program ``name``; libbpf owns it (valid until close())."""
         self._require_loaded("program_fd")
         return _bindings.bpf_program__fd(self._program_handle(name))
+
+    def program_info(self, name: str) -> tuple[int, str]:
+        """Loaded program ``name``'s kernel id and tag (hex), as bpftool prints them."""
+        fd = self.program_fd(name)
+        # struct bpf_prog_info starts {__u32 type; __u32 id; __u8 tag[8]; ...}; a longer buffer
+        # is fine (the kernel wants the tail zeroed, which ffi.new does).
+        info = ffi.new("char[]", 512)
+        size = ffi.new("__u32 *", 512)
+        self._call(f"program {name!r}", _bindings.bpf_obj_get_info_by_fd, fd, info, size)
+        raw = ffi.buffer(info, 16)[:]
+        return int.from_bytes(raw[4:8], sys.byteorder), raw[8:16].hex()
 
     def attach(self, name: str) -> Link:
         """Attach program ``name`` as its SEC() name says (bpf_program__attach).

@@ -8,22 +8,18 @@ import csv
 import io
 import json
 import os
-import re
 import secrets
 import shutil
-import signal
 import struct
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Callable
 
 import pytest
 from bpf import fixtures
-from conftest import fill, reaped, require_module, skip_or_fail
+from conftest import fill, skip_or_fail
 
 from libbpf_batch import Map, MapType, cli
 from libbpf_batch.objects import BpfObject
@@ -535,101 +531,7 @@ def test_watch_rates_between_reads(counters: BpfObject) -> None:
         assert line.startswith("libbpf-batch: --field 'nope': no such numeric field")
 
 
-# -- export ----------------------------------------------------------------------------------
-def _start_export(*args: object) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "libbpf_batch",
-            "export",
-            *map(str, args),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    line = proc.stderr.readline()  # announces the address once it is listening
-    match = re.search(r"on (http://127\.0\.0\.1:\d+/metrics)$", line.strip())
-    if match is None:
-        proc.kill()
-        proc.wait(10)
-        pytest.fail(f"export did not start: {line}{proc.stderr.read()}")
-    return proc, match.group(1)
-
-
-def _scrape(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        assert r.status == 200
-        text = r.read().decode()
-    return {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
-
-
-def test_export_serves_each_entry_as_a_labelled_gauge(make_map: Callable[..., Map]) -> None:
-    require_module("prometheus_client")
-    m = make_map(MapType.HASH, 4, 8, 16, name=unique_name())
-    fill(m, 3)
-    proc, url = _start_export("id", m.id, "--key-format", "<I", "--max-scrapes", 2)
-    with reaped(proc):
-        metric = f"bpf_map_{m.name}"
-        assert _scrape(url) == {f'{metric}{{key="{k}"}}': k + 1.0 for k in range(3)} | {
-            f"{metric}_entries": 3.0
-        }
-        m.update(struct.pack("<I", 1), struct.pack("<Q", 1234))  # read again on each scrape
-        assert _scrape(url)[f'{metric}{{key="1"}}'] == 1234.0
-        assert proc.wait(timeout=10) == 0  # --max-scrapes 2: done
-
-
-def test_export_btf_fields_become_metrics_and_sigterm_stops_it(counters: BpfObject) -> None:
-    require_module("prometheus_client")
-    with counters.map("port_counts") as m:
-        m.update(struct.pack("<H2x", 53), struct.pack("<QQII", 4, 400, 100, 0))
-        proc, url = _start_export("id", m.id, "--metric", "udp", "--type", "counter")
-        with reaped(proc):
-            got = _scrape(url)
-            assert got['udp_packets_total{pad="0",port="53",proto="0"}'] == 4.0
-            assert got['udp_bytes_total{pad="0",port="53",proto="0"}'] == 400.0
-            with pytest.raises(urllib.error.HTTPError):
-                urllib.request.urlopen(url.replace("/metrics", "/nothing"), timeout=10)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=10) == 0
-
-
-def test_export_without_prometheus_client_says_what_to_install(
-    hash_map: tuple[Map, dict[bytes, bytes]],
-) -> None:
-    m, _ = hash_map
-    code = (
-        "import sys; sys.modules['prometheus_client'] = None\n"  # hide it: ImportError
-        "from libbpf_batch.cli import main\n"
-        f"sys.exit(main(['export', 'id', '{m.id}']))"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
-    )
-    assert one_line_error(proc, 1) == (
-        "libbpf-batch: export needs prometheus_client: pip install 'libbpf-batch[prometheus]'"
-    )
-
-
-def test_export_address_in_use_is_one_line(hash_map: tuple[Map, dict[bytes, bytes]]) -> None:
-    require_module("prometheus_client")
-    import socket
-
-    m, _ = hash_map
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        port = s.getsockname()[1]
-        line = one_line_error(run("export", "id", m.id, "--listen", f"127.0.0.1:{port}"), 1)
-    assert line == f"libbpf-batch: listen 127.0.0.1:{port}: Address already in use"
+# -- export: tests/test_export.py ---------------------------------------------------------
 
 
 # -- bench and the rest ----------------------------------------------------------------------
