@@ -23,7 +23,7 @@ deps:  ## install the Debian packages that are missing
 $(VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U pip "setuptools>=77" wheel "cffi>=1.15"
-	$(PIP) install -q pytest hypothesis numpy build mypy ruff prometheus-client pyyaml
+	$(PIP) install -q pytest hypothesis numpy build mypy ruff prometheus-client pyyaml types-PyYAML
 	touch $@
 
 venv: $(VENV)/.ready
