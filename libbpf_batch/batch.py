@@ -15,6 +15,7 @@ from ._libbpf import ffi
 from .errors import ENOTSUPP, BatchNotSupportedError, BpfError
 
 if TYPE_CHECKING:
+    from .btf import MapDecoder
     from .maps import Map
 
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -73,6 +74,7 @@ class Batch:
     __slots__ = (
         "count",
         "cursor",
+        "decoder",
         "done",
         "key_size",
         "keys",
@@ -93,8 +95,10 @@ class Batch:
         value_size: int,
         value_stride: int,
         ncpus: int = 1,
+        decoder: Callable[[], MapDecoder] | None = None,
     ) -> None:
         self.count = count
+        self.decoder = decoder  # the map's Map.decoder, called (once, cached) by decode()
         self.keys = keys
         self.values = values
         self.cursor = cursor
@@ -154,15 +158,46 @@ class Batch:
         # count * ncpus slots of round_up(value_size, 8) bytes, decoded in one pass
         return _unpack(self.values, _slot(self.value_size), self.count * self.ncpus, value_format)
 
+    def decode(self) -> list[tuple[Any, Any]]:
+        """``[(key, value), ...]`` as Python values, decoded with the map's BTF.
+
+        Structs are dicts, arrays lists, enums their names, char arrays text when printable
+        and NUL-terminated (else a list of ints); per-CPU values are a list, one per CPU. A
+        part without BTF (or a batch made by hand) decodes as an unsigned little-endian int
+        when it is 1, 2, 4 or 8 bytes, else as bytes. The BTF is compiled once per map.
+        """
+        return self._decoder().decode_batch(self)
+
+    def _decoder(self) -> MapDecoder:
+        from .btf import MapDecoder
+
+        if self.decoder is not None:
+            return self.decoder()
+        return MapDecoder(
+            None,
+            0,
+            0,
+            key_size=self.key_size,
+            value_size=self.value_size,
+            ncpus=self.ncpus,
+            percpu=self.value_stride != self.value_size,
+        )
+
     def to_numpy(self, key_dtype: Any = None, value_dtype: Any = None) -> tuple[Any, Any]:
         """``(keys, values)`` as numpy arrays without a Python object per element.
 
-        Default dtypes are little-endian unsigned ints for sizes 1/2/4/8 and raw ``V<n>``
-        otherwise. Per-CPU values have shape ``(count, ncpus)``, padding stripped. The arrays
-        are read-only views of the batch's buffers (copy them to keep a ``copy=False`` batch).
+        Default dtypes come from the map's BTF: structured dtypes with its field names and
+        offsets (see :func:`libbpf_batch.btf.numpy_dtype`); without BTF, little-endian
+        unsigned ints for sizes 1/2/4/8 and raw ``V<n>`` otherwise. Per-CPU values have shape
+        ``(count, ncpus)``, padding stripped. The arrays are read-only views of the batch's
+        buffers (copy them to keep a ``copy=False`` batch).
         """
         import numpy as np  # optional extra: pip install libbpf-batch[numpy]
 
+        if key_dtype is None or value_dtype is None:
+            decoder = self._decoder()
+            key_dtype = decoder.key_dtype(np) if key_dtype is None else key_dtype
+            value_dtype = decoder.value_dtype(np) if value_dtype is None else value_dtype
         keys = np.frombuffer(
             self.keys, dtype=_dtype(np, key_dtype, self.key_size, "key"), count=self.count
         )
@@ -391,9 +426,10 @@ def _batch_op_missing(e: BpfError, elem_flags: int, flags: int) -> bool:
 
 def _batch_factory(m: Map) -> Callable[[int, BytesLike, BytesLike, bytes, bool], Batch]:
     ks, vs, stride, ncpus = m.key_size, m.value_size, m.value_stride, m.ncpus
+    decoder = m.decoder
 
     def make(n: int, keys: BytesLike, values: BytesLike, cursor: bytes, done: bool) -> Batch:
-        return Batch(n, keys, values, cursor, done, ks, vs, stride, ncpus)
+        return Batch(n, keys, values, cursor, done, ks, vs, stride, ncpus, decoder)
 
     return make
 

@@ -243,6 +243,7 @@ class Map:
             else self.info.value_size
         )
         self._where = f"map {self.info.name!r} (id {self.info.id})"
+        self._decoder: MapDecoder | None = None  # built by decoder() on first use
 
     # -- constructors ------------------------------------------------------------------
     @classmethod
@@ -418,11 +419,16 @@ class Map:
     def decoder(self) -> MapDecoder:
         """A BTF decoder for this map's keys and values (see :mod:`libbpf_batch.btf`).
 
-        Its ``decode_key``/``decode_value`` return None where the map has no BTF type.
+        Built (the BTF fetched and compiled) on the first call, then cached. Its
+        ``decode_key``/``decode_value`` return None where the map has no BTF type.
         """
-        from .btf import MapDecoder  # lazy: btf sits beside maps, not below it
+        if self._decoder is None:
+            from .btf import MapDecoder  # lazy: btf sits beside maps, not below it
 
-        return MapDecoder.for_map_info(self.info, ncpus=self.ncpus, percpu=self.is_percpu)
+            self._decoder = MapDecoder.for_map_info(
+                self.info, ncpus=self.ncpus, percpu=self.is_percpu
+            )
+        return self._decoder
 
     # -- helpers the batch module shares -----------------------------------------------
     def _checked_fd(self, op: str) -> int:
@@ -629,6 +635,7 @@ class Map:
                 self.value_size,
                 self.value_stride,
                 self.ncpus,
+                self.decoder,
             )
 
         try:
