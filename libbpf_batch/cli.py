@@ -214,8 +214,7 @@ def _dump(args: argparse.Namespace, drain: bool) -> int:
             first = next(batches, None)
             writer.start()
             for batch in itertools.chain([first] if first else [], batches):
-                for key, value in batch:
-                    writer.write(key, value)
+                writer.write_batch(batch)
                 progress.add(batch.count)
         finally:
             progress.done()
