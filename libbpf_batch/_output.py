@@ -5,6 +5,7 @@ from __future__ import annotations
 import binascii
 import csv
 import io
+import json
 import os
 import struct
 import sys
@@ -345,8 +346,9 @@ class Writer:
     Memory is bounded by the batch: each batch's text is written before the next is read.
     """
 
-    def __init__(self, fmt: str, f: EntryFormatter, out: IO[str]) -> None:
+    def __init__(self, fmt: str, f: EntryFormatter, out: IO[str], pretty: bool = False) -> None:
         self.fmt, self.f, self.out = fmt, f, out
+        self.pretty = pretty and fmt == "json"  # -p: for people, not for speed
         self.count = 0
         self._raw: IO[bytes] | None = getattr(out, "buffer", None)
         ks, slot, vs = f.key_size, f.slot, f.value_size
@@ -410,9 +412,23 @@ class Writer:
 
     def write_batch(self, batch: Batch) -> None:
         """Format and write every entry of ``batch``."""
-        n = batch.count
-        if not n:
+        if not batch.count:
             return
+        if not self.pretty:
+            self._write_batch(batch)
+            return
+        raw, self._raw = self._raw, io.BytesIO()
+        try:
+            self._write_batch(batch)
+            text = self._raw.getvalue().decode()
+        finally:
+            self._raw = raw
+        entries = json.loads("[" + text.lstrip(",\n") + "]")
+        lead = ",\n" if self.count > batch.count else "\n"
+        self._write((lead + ",\n".join(json.dumps(e, indent=4) for e in entries)).encode())
+
+    def _write_batch(self, batch: Batch) -> None:
+        n = batch.count
         f = self.f
         if not (f.has_key or f.has_value):
             text = self._template.render(batch.keys, batch.values, n)
