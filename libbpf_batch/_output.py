@@ -151,7 +151,7 @@ class EntryFormatter:
         self.has_value = self.value_struct is not None or bool(
             self.decoder is not None and self.decoder.has_value_type
         )
-        self._raw_numbers: Any = None
+        self._raw_decoder: Any = None
 
     @staticmethod
     def _struct(fmt: str | None, size: int, option: str, what: str) -> struct.Struct | None:
@@ -258,23 +258,33 @@ class EntryFormatter:
             view = memoryview(values).cast("B")
             rows = [self.numbers(bytes(view[i * stride : (i + 1) * stride])) for i in range(count)]
             return [tuple(r.get(n, 0) for n in names) for r in rows]
-        decoder = self.decoder if self.has_value else None
-        if decoder is None:
-            if self._raw_numbers is None:
-                from .btf import MapDecoder
-
-                self._raw_numbers = MapDecoder(
-                    None,
-                    0,
-                    0,
-                    key_size=self.key_size,
-                    value_size=self.value_size,
-                    ncpus=self.ncpus,
-                    percpu=self.percpu,
-                )
-            decoder = self._raw_numbers
+        decoder = self.decoder if self.has_value else self._raw()
         rows_: list[tuple[int | float, ...]] = decoder.value_numbers(values, count)
         return rows_
+
+    def key_values(self, batch: Batch) -> list[Any]:
+        """Each key as a Python value (undecoded: an int for 1/2/4/8 bytes, else bytes)."""
+        if self.key_struct is not None:
+            return [self._unpack(self.key_struct, k) for k in batch.key_list()]
+        decoder = self.decoder if self.decoder is not None and self.has_key else self._raw()
+        keys: list[Any] = decoder.decode_keys(batch.keys, batch.count)
+        return keys
+
+    def _raw(self) -> Any:
+        """A decoder without BTF: little-endian ints or bytes."""
+        if self._raw_decoder is None:
+            from .btf import MapDecoder
+
+            self._raw_decoder = MapDecoder(
+                None,
+                0,
+                0,
+                key_size=self.key_size,
+                value_size=self.value_size,
+                ncpus=self.ncpus,
+                percpu=self.percpu,
+            )
+        return self._raw_decoder
 
 
 def _compact(v: Any) -> str:

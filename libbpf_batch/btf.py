@@ -722,7 +722,8 @@ class Plan:
 def numpy_dtype(btf: Btf, type_id: int, np: Any, _depth: int = 0) -> Any:
     """A numpy dtype laid out as the BTF type: structured with the member names and offsets
     (padding left out), subarrays for arrays, ``S<n>`` for char arrays, ints for enums and
-    pointers. A bitfield's field is the whole little-endian unit holding it, unshifted."""
+    pointers. A bitfield's field is the smallest 1/2/4/8-byte little-endian unit starting
+    at the byte holding its first bit: shift it right by bit_offset % 8 and mask."""
     if _depth > _MAX_DEPTH:
         raise BtfError(f"type {type_id}: nesting too deep")
     order = btf._order

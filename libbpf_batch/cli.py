@@ -27,7 +27,7 @@ from ._output import (
     Writer,
     numeric_fields,
 )
-from ._watch import build_rows, read_numbers, sort_rows, write_json, write_view
+from ._watch import Reader, write_json, write_view
 from .errors import BpfError
 from .maps import UNDELETABLE_TYPES, Map, MapInfo, map_ids
 
@@ -290,6 +290,16 @@ def cmd_drain(args: argparse.Namespace) -> int:
     return _dump(args, drain=True)
 
 
+def _check_field(field: str | None, f: EntryFormatter) -> str | None:
+    names = f.number_names()
+    if field is not None and field not in names:
+        raise UsageError(
+            f"--field {field!r}: no such numeric field; the values have "
+            f"{', '.join(names) or 'none'}"
+        )
+    return field
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         raise UsageError("--interval must be positive")
@@ -305,33 +315,29 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 f"{_article(m.info.type_name)}: its elements can't be deleted"
             )
         f = _formatter(m, args)
-        prev: dict[bytes, dict[str, int | float]] | None = None
+        reader = Reader(
+            m,
+            f,
+            drain=args.drain,
+            batch_size=args.batch_size,
+            sort=args.sort,
+            field=_check_field(args.field, f),
+            top=args.top,
+            rates=iterations != 1,
+        )
         last: float | None = None
         done = 0
         try:
             while True:
                 now = time.monotonic()
-                cur = read_numbers(m, f, args.drain, args.batch_size)
                 dt = None if last is None else now - last
-                rows = build_rows(cur, prev, dt, args.drain)
-                if (
-                    args.field is not None
-                    and rows
-                    and not any(args.field in r["fields"] for r in rows)
-                ):
-                    names = sorted({n for r in rows for n in r["fields"]})
-                    raise UsageError(
-                        f"--field {args.field!r}: no such numeric field; the "
-                        f"values have {', '.join(names) or 'none'}"
-                    )
-                sort_rows(rows, args.sort, args.field)
-                top = rows[: args.top]
+                top, entries = reader.read(dt)
                 if args.format == "json":
-                    write_json(out, m, f, top, len(rows), dt)
+                    write_json(out, m, f, top, entries, dt)
                 else:
-                    write_view(out, m, f, top, len(rows), dt, drained=args.drain, clear=clear)
+                    write_view(out, m, f, top, entries, dt, drained=args.drain, clear=clear)
                 out.flush()
-                prev, last = cur, now
+                last = now
                 done += 1
                 if iterations is not None and done >= iterations:
                     return 0
