@@ -365,9 +365,11 @@ class Writer:
         cpus = range(f.ncpus) if f.percpu else range(0)
         decoded = f.has_key or f.has_value
         stride = f.map.value_stride
-        self._key_hex = HexTemplate(_hex_spaced(0, 0, ks) + ["\n"], ks, stride)
+        newline: list[_Part] = ["\n"]
+        self._key_hex = HexTemplate(_hex_spaced(0, 0, ks) + newline, ks, stride)
+        parts: list[_Part] = []
         if fmt in ("json", "jsonl"):
-            parts: list[_Part] = ['{"key":['] + _hex_items(0, 0, ks)
+            parts += ['{"key":['] + _hex_items(0, 0, ks)
             if f.percpu:
                 parts.append('],"values":[')
                 for c in cpus:
@@ -379,31 +381,30 @@ class Writer:
             # decoded entries add "formatted" after the hex: the template ends each entry's
             # fixed part with a newline to split on
             parts.append("\n" if decoded else "}\n" if fmt == "jsonl" else "}")
-            self._template = HexTemplate(
-                parts if decoded or fmt == "jsonl" else [",\n"] + parts, ks, stride
-            )
+            if not decoded and fmt == "json":  # entries after the first follow a comma
+                parts.insert(0, ",\n")
+            self._template = HexTemplate(parts, ks, stride)
         elif fmt == "csv":
             if f.percpu:
-                parts = []
                 for c in cpus:
                     parts += _hex_plain(0, 0, ks) + [f",{c},"] + _hex_plain(1, c * slot, vs)
                     parts.append("\n")
             else:
-                parts = _hex_plain(0, 0, ks) + [","] + _hex_plain(1, 0, vs) + ["\n"]
+                parts += _hex_plain(0, 0, ks) + [","] + _hex_plain(1, 0, vs) + ["\n"]
             self._template = HexTemplate(parts, ks, stride)
         else:
-            parts = ["key: "] + _hex_spaced(0, 0, ks) + ["  value: "]
+            parts += ["key: "] + _hex_spaced(0, 0, ks) + ["  value: "]
             if f.percpu:
                 for c in cpus:
                     parts += [f"{'  ' if c else ''}cpu{c}: "] + _hex_spaced(1, c * slot, vs)
             else:
                 parts += _hex_spaced(1, 0, vs)
-            self._template = HexTemplate(parts + ["\n"], ks, stride)
+            self._template = HexTemplate(parts + newline, ks, stride)
         value_parts: list[_Part] = []
         for c in cpus:
             value_parts += [f"{'  ' if c else ''}cpu{c}: "] + _hex_spaced(1, c * slot, vs)
         value_parts = value_parts or _hex_spaced(1, 0, vs)
-        self._value_hex = HexTemplate(value_parts + ["\n"], ks, stride)
+        self._value_hex = HexTemplate(value_parts + newline, ks, stride)
 
     def _write(self, data: bytes | bytearray) -> None:
         if self._raw is not None:

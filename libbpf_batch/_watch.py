@@ -13,6 +13,7 @@ import itertools
 import json
 import operator
 import time
+from collections.abc import Iterable
 from typing import IO, Any
 
 from ._output import EntryFormatter, hex_list
@@ -66,7 +67,8 @@ class Reader:
             else m.batches(self.batch_size, copy=False)
         )
         best: list[tuple[Any, ...]] = []
-        prev, cur_prev = self.prev, {}
+        prev = self.prev
+        cur_prev: dict[bytes, bytes] = {}
         entries = 0
         for batch in batches:
             n = batch.count
@@ -82,7 +84,9 @@ class Reader:
                     o if v is not None else None for o, v in zip(f.batch_numbers(flat, n), found)
                 ]
             rank = self._ranks(batch, numbers, old, dt, n)
-            extra = values if self.inner_maps else itertools.repeat(None)
+            extra: Iterable[bytes | None] = (
+                values if self.inner_maps and values is not None else itertools.repeat(None)
+            )
             candidates = zip(rank, keys, numbers, old, extra)
             if self.sort == "key":
                 best = heapq.nsmallest(self.top, itertools.chain(best, candidates), key=_first)

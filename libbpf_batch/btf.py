@@ -476,7 +476,7 @@ class _Compiler:
         t = self.btf.resolve(type_id)
         kind = t.kind
         if kind == KIND_INT:
-            return self.int(t, off)
+            return self.integer(t, off)
         if kind in (KIND_ENUM, KIND_ENUM64):
             return self.enum(t, self.raw_int(off, t.size, t.kind_flag))
         if kind == KIND_PTR:
@@ -510,7 +510,7 @@ class _Compiler:
     def byteorder(self) -> str:
         return "little" if self.order == "<" else "big"
 
-    def int(self, t: BtfType, off: int) -> _Code:
+    def integer(self, t: BtfType, off: int) -> _Code:
         signed = bool(t.encoding & INT_SIGNED)
         if t.int_offset or t.bits != 8 * t.size:  # an int narrower than its bytes
             v = self.bits(self.raw_int(off, t.size, False), t.int_offset, t.bits, signed)
@@ -556,8 +556,10 @@ class _Compiler:
         elem = Plan(self.btf, t.elem_type, esize)
         if n * max(len(elem.leaves), 1) > _INLINE_LEAVES:
             v = self.leaf(off, n * esize, f"{n * esize}s")
-            py, js = self.const(elem.decode), self.const(elem.json)
-            return _Code(f"{py}({v}, {n})", ["[", ("%s", f"','.join({js}({v}, {n}))"), "]"], [])
+            py, to_json = self.const(elem.decode), self.const(elem.json)
+            return _Code(
+                f"{py}({v}, {n})", ["[", ("%s", f"','.join({to_json}({v}, {n}))"), "]"], []
+            )
         items = [self.node(t.elem_type, off + i * esize, depth + 1) for i in range(n)]
         js: list[_Piece] = ["["]
         for i, c in enumerate(items):
