@@ -465,8 +465,25 @@ class Writer:
         cpus = ",".join(f'{{"cpu":{c},"value":%s}}' for c in range(self.f.ncpus))
         return list(map(f"[{cpus}]".__mod__, texts))
 
+    def _joint(self) -> Any:
+        """The decoder, when BTF decodes both key and value of a map that isn't per-CPU:
+        then each entry's text is made in one step (MapDecoder.json_lines)."""
+        f = self.f
+        if f.key_struct or f.value_struct or f.percpu or f.decoder is None:
+            return None
+        return f.decoder if f.decoder.has_key_type and f.decoder.has_value_type else None
+
     def _write_json(self, batch: Batch) -> None:
         fixed = self._fixed(self._template, batch)
+        joint = self._joint()
+        if joint is not None:
+            between = (',"formatted":{"key":', ',"value":', "}}")
+            lines: Any = joint.json_lines(fixed, batch.keys, batch.values, batch.count, between)
+            if self.fmt == "jsonl":
+                self._write(("\n".join(lines) + "\n").encode())
+            else:
+                self._write(((",\n" if self.count else "\n") + ",\n".join(lines)).encode())
+            return
         keys, values = self.f.key_texts(batch), self._formatted_values(batch)
         vname = "values" if self.f.percpu else "value"
         if keys is not None and values is not None:
@@ -509,6 +526,12 @@ class Writer:
 
     def _write_table(self, batch: Batch) -> None:
         f = self.f
+        joint = self._joint()
+        if joint is not None:
+            between = ("key: ", "  value: ", "\n")
+            lines = joint.json_lines(None, batch.keys, batch.values, batch.count, between)
+            self._write("".join(lines).encode())
+            return
         keys = f.key_texts(batch) or self._fixed(self._key_hex, batch)
         texts = f.value_texts(batch)
         if texts is None:

@@ -451,8 +451,8 @@ class _Code:
 
 
 class _Compiler:
-    def __init__(self, btf: Btf, size: int, ns: dict[str, Any]) -> None:
-        self.btf, self.size, self.ns = btf, size, ns
+    def __init__(self, btf: Btf, size: int, ns: dict[str, Any], prefix: str) -> None:
+        self.btf, self.size, self.ns, self.prefix = btf, size, ns, prefix
         self.order = btf._order
         self.leaves: list[tuple[int, int, str]] = []  # (offset, size, struct code)
         self._leaf_names: dict[tuple[int, int, str], str] = {}
@@ -461,12 +461,12 @@ class _Compiler:
         key = (offset, size, code)
         name = self._leaf_names.get(key)
         if name is None:
-            name = self._leaf_names[key] = f"v{len(self.leaves)}"
+            name = self._leaf_names[key] = f"{self.prefix}v{len(self.leaves)}"
             self.leaves.append(key)
         return name
 
     def const(self, value: Any) -> str:
-        name = f"_c{len(self.ns)}"
+        name = f"_{self.prefix}c{len(self.ns)}"
         self.ns[name] = value
         return name
 
@@ -512,14 +512,15 @@ class _Compiler:
 
     def integer(self, t: BtfType, off: int) -> _Code:
         signed = bool(t.encoding & INT_SIGNED)
+        is_bool = False  # already a Python bool (struct's "?")
         if t.int_offset or t.bits != 8 * t.size:  # an int narrower than its bytes
             v = self.bits(self.raw_int(off, t.size, False), t.int_offset, t.bits, signed)
         elif t.encoding & INT_BOOL and t.size == 1:
-            v = self.leaf(off, 1, "?")
+            v, is_bool = self.leaf(off, 1, "?"), True
         else:
             v = self.raw_int(off, t.size, signed)
         if t.encoding & INT_BOOL:
-            v = v if v.startswith("v") and self.leaves[int(v[1:])][2] == "?" else f"({v} != 0)"
+            v = v if is_bool else f"({v} != 0)"
             return _Code(v, [("%s", f"('true' if {v} else 'false')")], [("", f"int({v})")])
         return _Code(v, [("%d", v)], [("", v)])
 
@@ -669,12 +670,13 @@ class Plan:
     and pointers are not numbers). ``buf`` holds at least ``count * stride`` bytes.
     """
 
-    def __init__(self, btf: Btf, type_id: int, stride: int) -> None:
-        self.btf, self.type_id, self.stride = btf, type_id, stride
+    def __init__(self, btf: Btf, type_id: int, stride: int, prefix: str = "") -> None:
+        """``prefix`` names this plan's variables apart from another's (see joint_json)."""
+        self.btf, self.type_id, self.stride, self.prefix = btf, type_id, stride, prefix
         size = btf.size(type_id)
         if size > stride:
             raise BtfError(f"{btf.type_name(type_id)} is {size} bytes, elements have {stride}")
-        ns: dict[str, Any] = {
+        self.ns: dict[str, Any] = {
             "_char_array": char_array,
             "_json_chars": _json_chars,
             "_json_float": _json_float,
@@ -682,25 +684,28 @@ class Plan:
             "_repeat": itertools.repeat,
             "_zip": zip,
         }
-        comp = _Compiler(btf, size, ns)
+        comp = _Compiler(btf, size, self.ns, prefix)
         code = comp.node(type_id, 0, 0)
         self.leaves = comp.leaves
         self.number_names = tuple(name or "value" for name, _e in code.nums)
-        iterate, target = self._iteration(ns, btf._order)
-        fmt, args = _format(code.js)
-        ns["_json_format"] = fmt
-        js = f"_json_format % ({', '.join(args)},)" if args else "_json_format"
+        self.buf = f"{prefix}buf"
+        self.iterate, self.target = self._iteration(btf._order)
+        self.json_format, self.json_args = _format(code.js)
+        fmt_name = f"_{prefix}json_format"
+        self.ns[fmt_name] = self.json_format
+        js = f"{fmt_name} % ({', '.join(self.json_args)},)" if self.json_args else fmt_name
         nums = "(" + "".join(f"{e}, " for _n, e in code.nums) + ")"
         src = "\n".join(
-            f"def {name}(buf, count):\n    return [{expr} for {target} in {iterate}]\n"
+            f"def {name}({self.buf}, count):\n"
+            f"    return [{expr} for {self.target} in {self.iterate}]\n"
             for name, expr in (("decode", code.py), ("json", js), ("numbers", nums))
         )
-        exec(compile(src, f"<BTF plan: {btf.type_name(type_id)}>", "exec"), ns)  # noqa: S102
-        self.decode: Callable[[Any, int], list[Any]] = ns["decode"]
-        self.json: Callable[[Any, int], list[str]] = ns["json"]
-        self.numbers: Callable[[Any, int], list[tuple[int | float, ...]]] = ns["numbers"]
+        exec(compile(src, f"<BTF plan: {btf.type_name(type_id)}>", "exec"), self.ns)  # noqa: S102
+        self.decode: Callable[[Any, int], list[Any]] = self.ns["decode"]
+        self.json: Callable[[Any, int], list[str]] = self.ns["json"]
+        self.numbers: Callable[[Any, int], list[tuple[int | float, ...]]] = self.ns["numbers"]
 
-    def _iteration(self, ns: dict[str, Any], order: str) -> tuple[str, str]:
+    def _iteration(self, order: str) -> tuple[str, str]:
         """The comprehension's iterable and target: one iter_unpack per layer, zipped."""
         if self.stride == 0:
             return "_repeat((), count)", "_"
@@ -712,13 +717,44 @@ class Plan:
                 fmt += (f"{off - pos}x" if off > pos else "") + code
                 pos = off + size
             fmt += f"{self.stride - pos}x" if self.stride > pos else ""
-            ns[f"_unpack{n}"] = struct.Struct(fmt).iter_unpack
-            iters.append(f"_unpack{n}(buf[:count * {self.stride}])")
-            names = [f"v{i}" for i in layer]
+            unpack = f"_{self.prefix}unpack{n}"
+            self.ns[unpack] = struct.Struct(fmt).iter_unpack
+            iters.append(f"{unpack}({self.buf}[:count * {self.stride}])")
+            names = [f"{self.prefix}v{i}" for i in layer]
             targets.append("(" + "".join(f"{v}, " for v in names) + ")")
         if len(iters) == 1:
             return iters[0], targets[0]
         return f"_zip({', '.join(iters)})", "(" + ", ".join(targets) + ")"
+
+
+JointJson = Callable[[Any, Any, Any, int], list[str]]
+
+
+def joint_json(key: Plan, value: Plan, between: tuple[str, str, str], heads: bool) -> JointJson:
+    """A function ``(heads, keys, values, count) -> [text, ...]`` making each element's text
+    in one step: ``heads[i]`` (when ``heads``) + between[0] + the key's JSON + between[1] +
+    the value's JSON + between[2]. The plans must have different prefixes."""
+    if key.prefix == value.prefix:
+        raise ValueError("joint_json: the key and value plans need different prefixes")
+    esc = [b.replace("%", "%%") for b in between]
+    ns = {
+        **key.ns,
+        **value.ns,
+        "_joint_format": (
+            ("%s" if heads else "") + esc[0] + key.json_format + esc[1] + value.json_format + esc[2]
+        ),
+    }
+    args = (["head"] if heads else []) + key.json_args + value.json_args
+    targets = (["head"] if heads else []) + [key.target, value.target]
+    iters = (["heads"] if heads else []) + [key.iterate, value.iterate]
+    src = (
+        f"def lines(heads, {key.buf}, {value.buf}, count):\n"
+        f"    return [_joint_format % ({''.join(a + ', ' for a in args)}) "
+        f"for {', '.join(targets)} in _zip({', '.join(iters)})]\n"
+    )
+    exec(compile(src, "<BTF plan: key and value>", "exec"), ns)  # noqa: S102
+    lines: JointJson = ns["lines"]
+    return lines
 
 
 def numpy_dtype(btf: Btf, type_id: int, np: Any, _depth: int = 0) -> Any:
@@ -788,7 +824,9 @@ class MapDecoder:
     - ``decode_batch(batch) -> list[tuple[key, value]]``
     - ``decode_keys(keys, count) -> list``, ``decode_values(values, count) -> list``
     - ``json_keys(keys, count) -> list[str]``, ``json_values(values, count) -> list[str]``
-      (per-CPU: one ``[v_cpu0,v_cpu1,...]`` JSON array per element)
+      (per-CPU: one ``[v_cpu0,v_cpu1,...]`` JSON array per element),
+      ``json_lines(heads, keys, values, count, between) -> list[str]`` (key and value JSON
+      in one text per element, in one step)
     - ``value_numbers(values, count) -> list[tuple]`` named by ``value_number_names``
       (per-CPU: summed over the CPUs)
     - ``key_dtype(np)``, ``value_dtype(np)``: numpy dtypes (per-CPU: one CPU's value)
@@ -816,10 +854,13 @@ class MapDecoder:
         self.ncpus = ncpus
         self.percpu = percpu
         self._slot = (value_size + 7) & ~7 if percpu else value_size
-        self.key_plan = Plan(btf, self.key_type_id, key_size) if btf and self.key_type_id else None
-        self.value_plan = (
-            Plan(btf, self.value_type_id, self._slot) if btf and self.value_type_id else None
+        self.key_plan = (
+            Plan(btf, self.key_type_id, key_size, "k") if btf and self.key_type_id else None
         )
+        self.value_plan = (
+            Plan(btf, self.value_type_id, self._slot, "v") if btf and self.value_type_id else None
+        )
+        self._joint: dict[tuple[tuple[str, str, str], bool], JointJson] = {}
         self.value_number_names = (
             self.value_plan.number_names
             if self.value_plan
@@ -918,6 +959,25 @@ class MapDecoder:
         flat = self.value_plan.json(_flat(values), count * self.ncpus)
         return ["[" + ",".join(cpus) + "]" for cpus in zip(*[iter(flat)] * self.ncpus)]
 
+    def json_lines(
+        self,
+        heads: list[str] | None,
+        keys: Any,
+        values: Any,
+        count: int,
+        between: tuple[str, str, str],
+    ) -> list[str]:
+        """Each element as one text: ``heads[i]`` (when given) + between[0] + the key's JSON +
+        between[1] + the value's JSON + between[2], made in one step per element. Needs BTF
+        key and value types; per-CPU maps use json_values()."""
+        if self.key_plan is None or self.value_plan is None or self.percpu:
+            raise BtfError("json_lines needs BTF key and value types and a map not per-CPU")
+        lines = self._joint.get((between, heads is not None))
+        if lines is None:
+            lines = joint_json(self.key_plan, self.value_plan, between, heads is not None)
+            self._joint[between, heads is not None] = lines
+        return lines(heads, _flat(keys), _flat(values), count)
+
     def json_value_slots(self, values: Any, count: int) -> list[tuple[str, ...]]:
         """Per-CPU maps: each element's JSON value texts, one per CPU."""
         if self.value_plan is None:
@@ -992,6 +1052,7 @@ __all__ = [
     "Member",
     "Plan",
     "char_array",
+    "joint_json",
     "json_text",
     "load_btf",
     "numpy_dtype",

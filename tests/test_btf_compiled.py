@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 from conftest import require_module
 
-from libbpf_batch.btf import BTF_MAGIC, Btf, Plan, json_text
+from libbpf_batch.btf import BTF_MAGIC, Btf, Plan, joint_json, json_text
 
 hypothesis = require_module("hypothesis")
 st = require_module("hypothesis.strategies")
@@ -147,6 +147,14 @@ def test_compiled_plan_agrees_with_the_reference_decoder(
     # repr: NaN floats compare unequal to themselves, their reprs don't
     assert repr(plan.decode(data, count)) == repr(reference)
     assert plan.json(data, count) == [json_text(v) for v in reference]
+    # key and value in one text per element, as the command writes them ('%' is literal)
+    both = joint_json(
+        Plan(btf, top, stride, "k"), Plan(btf, top, stride, "v"), ("<", "|", "%>"), True
+    )
+    heads = [f"h{i}%s" for i in range(count)]
+    assert both(heads, data, data, count) == [
+        f"h{i}%s<{json_text(v)}|{json_text(v)}%>" for i, v in enumerate(reference)
+    ]
 
 
 def test_a_union_decodes_every_member_from_the_same_bytes() -> None:
