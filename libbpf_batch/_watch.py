@@ -2,8 +2,9 @@
 
 Memory is bounded by the batch and the rows shown: each batch's numbers are computed for the
 whole batch at once and only the best ``top`` rows so far are kept. Rates need the previous
-read's values: those are kept as one raw value (bytes) per key, and only when a rate can be
-shown (not with --once, not with --drain, whose values are already deltas).
+read's values: those are kept as one raw value (bytes) per key, updated in place, and only
+when a rate can be shown (not with --once, not with --drain, whose values are already deltas).
+Keys deleted from the map linger until they outnumber the live ones, then are dropped.
 """
 
 from __future__ import annotations
@@ -68,7 +69,6 @@ class Reader:
         )
         best: list[tuple[Any, ...]] = []
         prev = self.prev
-        cur_prev: dict[bytes, bytes] = {}
         entries = 0
         for batch in batches:
             n = batch.count
@@ -93,9 +93,9 @@ class Reader:
             else:
                 best = heapq.nlargest(self.top, itertools.chain(best, candidates), key=_first)
             if self.keep_prev and values is not None:
-                cur_prev.update(zip(keys, values))
-        if self.keep_prev:
-            self.prev = cur_prev
+                prev.update(zip(keys, values))  # in place: one value per key, never two
+        if len(prev) > 2 * entries:  # many keys gone since: start over (rates resume next read)
+            self.prev = {}
         return [self._row(item, dt) for item in best], entries
 
     def _ranks(
