@@ -248,7 +248,8 @@ class EntryFormatter:
             return names
         if self.value_struct is None:
             return ("value",) if self.value_size in (1, 2, 4, 8) else ()
-        return tuple(numeric_fields(self.value(bytes(self.map.value_stride))))
+        zero = self.value(bytes(self.map.value_stride))
+        return tuple(numeric_fields(zero[0] if self.percpu else zero))
 
     def batch_numbers(self, values: Any, count: int) -> list[tuple[int | float, ...]]:
         """Each value's numbers, a tuple in number_names() order (per-CPU: summed)."""

@@ -418,8 +418,7 @@ def _json_float(x: float) -> str:
 
 
 def _json_chars(raw: bytes, signed: bool) -> str:
-    v = char_array(raw, signed)
-    return f'"{v}"'.replace("\\", "\\\\") if isinstance(v, str) and '"' not in v else json_text(v)
+    return json_text(char_array(raw, signed))
 
 
 def json_text(v: Any) -> str:
@@ -883,6 +882,20 @@ class MapDecoder:
             value_size=info.value_size,
             ncpus=ncpus,
             percpu=percpu,
+        )
+
+    @classmethod
+    def for_map(cls, btf_id: int, key_type_id: int, value_type_id: int, layout: Any) -> MapDecoder:
+        """A decoder for a map's BTF ids and its element layout (key_size, value_size, ncpus,
+        percpu); btf_id 0: no BTF."""
+        return cls(
+            load_btf(btf_id) if btf_id else None,
+            key_type_id,
+            value_type_id,
+            key_size=layout.key_size,
+            value_size=layout.value_size,
+            ncpus=layout.ncpus,
+            percpu=layout.percpu,
         )
 
     @property

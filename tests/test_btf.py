@@ -239,3 +239,12 @@ def test_json_values_match_bpftool_spelling(counters: BpfObject) -> None:
         # Python values stay flat by variable; JSON nests by section as bpftool does
         assert d.json_values(batch.values, 1) == ['{".bss":[{"total_packets":0}]}']
         assert d.decode_values(batch.values, 1) == [{"total_packets": 0}]
+
+
+def test_to_numpy_of_a_percpu_btf_map_is_count_by_ncpus(counters: BpfObject) -> None:
+    np = require_module("numpy")
+    with counters.map("port_packets") as m:
+        m.update(struct.pack("<H", 7), b"".join(struct.pack("<Q", 10 + c) for c in range(m.ncpus)))
+        keys, values = next(m.batches()).to_numpy()
+        assert keys.dtype == np.dtype("<u2") and values.shape == (1, m.ncpus)
+        assert values[0].tolist() == [10 + c for c in range(m.ncpus)]

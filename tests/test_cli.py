@@ -887,3 +887,16 @@ def test_a_float_in_a_struct_stays_valid_json(counters: BpfObject) -> None:
         entries = json.loads(ok("dump", "id", m.id, "--format", "json"))
         ratios = [e["formatted"]["value"]["ratio"] for e in entries[:2]]
         assert ratios == ["nan", 0.25]  # bpftool writes a bare nan here: not JSON
+
+
+def test_watch_sums_percpu_struct_format_values(
+    percpu_map: tuple[Map, dict[bytes, bytes]],
+) -> None:
+    m, _ = percpu_map  # key k holds k * 100 + cpu on each CPU
+    (snap,) = [
+        json.loads(line)
+        for line in ok(
+            "watch", "id", m.id, "--once", "--format", "json", "--top", 1, "--value-format", "<I"
+        ).splitlines()
+    ]
+    assert snap["top"][0]["fields"] == {"value": sum(19 * 100 + c for c in range(m.ncpus))}
