@@ -332,6 +332,9 @@ class HexTemplate:
         return out
 
 
+_CSV_MARKS = ("\x01", "\x02", "\x03")
+
+
 def _hex_items(src: int, start: int, n: int) -> list[_Part]:
     """bpftool's hex list items: "0x01","0x02" (without the brackets)."""
     parts: list[_Part] = []
@@ -503,6 +506,19 @@ class Writer:
 
     def _write_csv(self, batch: Batch) -> None:
         f, n = self.f, batch.count
+        joint = self._joint()
+        if joint is not None:
+            # Both decoded columns are JSON, quoted for CSV by doubling every quote in one
+            # pass over the batch's text: the columns are joined with control characters
+            # JSON never holds raw (json.dumps escapes them), swapped for the quoted
+            # separators afterwards.
+            fixed = self._fixed(self._template, batch)
+            lines = joint.json_lines(fixed, batch.keys, batch.values, n, _CSV_MARKS)
+            text = "".join(lines).replace('"', '""')
+            for mark, sep in zip(_CSV_MARKS, (',"', '","', '"\n')):
+                text = text.replace(mark, sep)
+            self._write(text.encode())
+            return
         keys = f.key_texts(batch) if f.has_key else None
         values = f.value_texts(batch) if f.has_value else None
         key_hex = batch.keys[: n * f.key_size].hex(" ", f.key_size).split(" ")

@@ -900,3 +900,23 @@ def test_watch_sums_percpu_struct_format_values(
         ).splitlines()
     ]
     assert snap["top"][0]["fields"] == {"value": sum(19 * 100 + c for c in range(m.ncpus))}
+
+
+def test_csv_quotes_decoded_json_with_quotes_and_commas(counters: BpfObject) -> None:
+    with counters.map("syscalls") as m:
+        comms = {1: b'say "hi", ok', 2: b"plain", 3: b"\x01\x02"}
+        for pid, comm in comms.items():
+            m.update(struct.pack("<II", pid, 7), struct.pack("<Q16s", pid * 10, comm))
+        text = ok("dump", "id", m.id, "--format", "csv", "--batch-size", 2)
+        lines = text.splitlines()
+        assert lines[0] == "key,value,key_decoded,value_decoded" and len(lines) == 4
+        rows = list(csv.DictReader(io.StringIO(text)))
+        got = {json.loads(r["key_decoded"])["pid"]: json.loads(r["value_decoded"]) for r in rows}
+        assert got == {
+            1: {"count": 10, "comm": 'say "hi", ok'},
+            2: {"count": 20, "comm": "plain"},
+            3: {"count": 30, "comm": [1, 2] + [0] * 14},
+        }
+        assert {bytes.fromhex(r["key"]) for r in rows} == {
+            struct.pack("<II", pid, 7) for pid in comms
+        }
