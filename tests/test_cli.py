@@ -21,7 +21,7 @@ from typing import Callable
 
 import pytest
 from bpf import fixtures
-from conftest import fill, reaped, require_module, skip_or_fail
+from conftest import COVERED_TYPES, fill, reaped, require_module, skip_or_fail, type_id
 
 from libbpf_batch import Map, MapType, cli
 from libbpf_batch.objects import BpfObject
@@ -920,3 +920,12 @@ def test_csv_quotes_decoded_json_with_quotes_and_commas(counters: BpfObject) -> 
         assert {bytes.fromhex(r["key"]) for r in rows} == {
             struct.pack("<II", pid, 7) for pid in comms
         }
+
+
+@pytest.mark.parametrize("map_type", COVERED_TYPES, ids=type_id)
+def test_dump_json_without_btf_matches_bpftool(
+    make_filled: Callable[..., tuple[Map, dict[bytes, bytes]]], map_type: MapType
+) -> None:
+    m, _ = make_filled(map_type, 40)
+    ours = json.loads(ok("dump", "id", m.id, "--format", "json", "--batch-size", 7))
+    assert len(ours) == 40 and _by_key(ours) == _by_key(_bpftool_dump(m.id))
