@@ -354,6 +354,47 @@ def _hex_plain(src: int, start: int, n: int) -> list[_Part]:
     return [(src, start + j) for j in range(n)]
 
 
+def _value_parts(f: EntryFormatter, sep: str) -> list[_Part]:
+    """A value as spaced hex; per-CPU: ``cpu0: .. <sep>cpu1: ..``."""
+    if not f.percpu:
+        return _hex_spaced(1, 0, f.value_size)
+    parts: list[_Part] = []
+    for c in range(f.ncpus):
+        parts += [f"{sep if c else ''}cpu{c}: "] + _hex_spaced(1, c * f.slot, f.value_size)
+    return parts
+
+
+def _entry_parts(fmt: str, f: EntryFormatter) -> list[_Part]:
+    """One entry's fixed-width text in ``fmt``. Decoded entries (json, jsonl) stop after the
+    hex, at a newline to split on, for "formatted" to follow."""
+    ks, vs, slot = f.key_size, f.value_size, f.slot
+    cpus = range(f.ncpus) if f.percpu else range(0)
+    decoded = f.has_key or f.has_value
+    parts: list[_Part] = []
+    if fmt in ("json", "jsonl"):
+        if fmt == "json" and not decoded:  # entries after the first follow a comma
+            parts.append(",\n")
+        parts += ['{"key":['] + _hex_items(0, 0, ks)
+        if f.percpu:
+            parts.append('],"values":[')
+            for c in cpus:
+                parts += [("," if c else "") + f'{{"cpu":{c},"value":[']
+                parts += _hex_items(1, c * slot, vs) + ["]}"]
+            parts.append("]")
+        else:
+            parts += ['],"value":['] + _hex_items(1, 0, vs) + ["]"]
+        parts.append("\n" if decoded else "}\n" if fmt == "jsonl" else "}")
+    elif fmt == "csv":
+        for c in cpus:
+            parts += _hex_plain(0, 0, ks) + [f",{c},"] + _hex_plain(1, c * slot, vs) + ["\n"]
+        if not f.percpu:
+            parts += _hex_plain(0, 0, ks) + [","] + _hex_plain(1, 0, vs) + ["\n"]
+    else:
+        parts += ["key: "] + _hex_spaced(0, 0, ks) + ["  value: "] + _value_parts(f, "  ")
+        parts.append("\n")
+    return parts
+
+
 class Writer:
     """Streams batches to ``out`` in one of FORMATS, formatting each batch as a whole.
 
@@ -365,50 +406,10 @@ class Writer:
         self.pretty = pretty and fmt == "json"  # -p: for people, not for speed
         self.count = 0
         self._raw: IO[bytes] | None = getattr(out, "buffer", None)
-        ks, slot, vs = f.key_size, f.slot, f.value_size
-        cpus = range(f.ncpus) if f.percpu else range(0)
-        decoded = f.has_key or f.has_value
-        stride = f.map.value_stride
-        newline: list[_Part] = ["\n"]
-        self._key_hex = HexTemplate(_hex_spaced(0, 0, ks) + newline, ks, stride)
-        parts: list[_Part] = []
-        if fmt in ("json", "jsonl"):
-            parts += ['{"key":['] + _hex_items(0, 0, ks)
-            if f.percpu:
-                parts.append('],"values":[')
-                for c in cpus:
-                    parts += [("," if c else "") + f'{{"cpu":{c},"value":[']
-                    parts += _hex_items(1, c * slot, vs) + ["]}"]
-                parts.append("]")
-            else:
-                parts += ['],"value":['] + _hex_items(1, 0, vs) + ["]"]
-            # decoded entries add "formatted" after the hex: the template ends each entry's
-            # fixed part with a newline to split on
-            parts.append("\n" if decoded else "}\n" if fmt == "jsonl" else "}")
-            if not decoded and fmt == "json":  # entries after the first follow a comma
-                parts.insert(0, ",\n")
-            self._template = HexTemplate(parts, ks, stride)
-        elif fmt == "csv":
-            if f.percpu:
-                for c in cpus:
-                    parts += _hex_plain(0, 0, ks) + [f",{c},"] + _hex_plain(1, c * slot, vs)
-                    parts.append("\n")
-            else:
-                parts += _hex_plain(0, 0, ks) + [","] + _hex_plain(1, 0, vs) + ["\n"]
-            self._template = HexTemplate(parts, ks, stride)
-        else:
-            parts += ["key: "] + _hex_spaced(0, 0, ks) + ["  value: "]
-            if f.percpu:
-                for c in cpus:
-                    parts += [f"{'  ' if c else ''}cpu{c}: "] + _hex_spaced(1, c * slot, vs)
-            else:
-                parts += _hex_spaced(1, 0, vs)
-            self._template = HexTemplate(parts + newline, ks, stride)
-        value_parts: list[_Part] = []
-        for c in cpus:
-            value_parts += [f"{'  ' if c else ''}cpu{c}: "] + _hex_spaced(1, c * slot, vs)
-        value_parts = value_parts or _hex_spaced(1, 0, vs)
-        self._value_hex = HexTemplate(value_parts + newline, ks, stride)
+        ks, stride = f.key_size, f.map.value_stride
+        self._template = HexTemplate(_entry_parts(fmt, f), ks, stride)
+        self._key_hex = HexTemplate(_hex_spaced(0, 0, ks) + ["\n"], ks, stride)
+        self._value_hex = HexTemplate(_value_parts(f, "  ") + ["\n"], ks, stride)
 
     def _write(self, data: bytes | bytearray) -> None:
         if self._raw is not None:
