@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 from conftest import require_module
 
-from libbpf_batch.btf import BTF_MAGIC, Btf, Plan, joint_json, json_text
+from libbpf_batch.btf import BTF_MAGIC, Btf, MapDecoder, Plan, joint_json, json_text
 
 hypothesis = require_module("hypothesis")
 st = require_module("hypothesis.strategies")
@@ -154,6 +154,26 @@ def test_compiled_plan_agrees_with_the_reference_decoder(
     heads = [f"h{i}%s" for i in range(count)]
     assert both(heads, data, data, count) == [
         f"h{i}%s<{json_text(v)}|{json_text(v)}%>" for i, v in enumerate(reference)
+    ]
+
+
+@settings(max_examples=100, deadline=None)
+@given(layout_and_data(), st.integers(1, 4))
+def test_percpu_values_decode_one_per_cpu_slot(
+    case: tuple[Btf, int, int, int, bytes], ncpus: int
+) -> None:
+    btf, top, _stride, count, _data = case
+    size = btf.size(top)
+    slot = (size + 7) & ~7
+    data = bytes((i * 37 + 11) % 256 for i in range(count * ncpus * slot))
+    d = MapDecoder(btf, top, top, key_size=size, value_size=size, ncpus=ncpus, percpu=True)
+    expected = [
+        [btf.decode(top, data[(i * ncpus + c) * slot :]) for c in range(ncpus)]
+        for i in range(count)
+    ]
+    assert repr(d.decode_values(data, count)) == repr(expected)
+    assert d.json_values(data, count) == [
+        "[" + ",".join(json_text(v) for v in cpus) + "]" for cpus in expected
     ]
 
 
