@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # Debian packages: libbpf's build (libelf, zlib, pkg-config), the BPF test programs (clang),
 # the permission tests (capsh).
-APT_PACKAGES := make gcc libelf-dev zlib1g-dev pkg-config clang llvm libcap2-bin bpftool prometheus
+APT_PACKAGES := make gcc libelf-dev zlib1g-dev pkg-config clang llvm libcap2-bin bpftool prometheus time
 
 .PHONY: all deps venv build test demo bench wheel wheel-test sdist sdist-test system-test lint typecheck \
 	clean distclean

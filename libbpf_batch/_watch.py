@@ -1,60 +1,136 @@
-"""The watch view: each read's numbers and rates per key, sorted, as a table or a JSON line."""
+"""The watch view: the top entries of each read, with their numbers and rates per second.
+
+Memory is bounded by the batch and the rows shown: each batch's numbers are computed for the
+whole batch at once and only the best ``top`` rows so far are kept. Rates need the previous
+read's values: those are kept as one raw value (bytes) per key, updated in place, and only
+when a rate can be shown (not with --once, not with --drain, whose values are already deltas).
+Keys deleted from the map linger until they outnumber the live ones, then are dropped.
+"""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
+import operator
 import time
+from collections.abc import Iterable
 from typing import IO, Any
 
 from ._output import EntryFormatter, hex_list
-from .maps import Map
+from .maps import MAP_OF_MAPS_TYPES, Map
+
+_MISSING_RANK = float("-inf")  # rows with no value (or no rate yet) sort after all others
+_first = operator.itemgetter(0)
 
 
-def read_numbers(
-    m: Map, f: EntryFormatter, drain: bool, batch_size: int | None
-) -> dict[bytes, dict[str, int | float]]:
-    """Each key's numeric fields, read (or drained) with batch lookups."""
-    batches = m.drain(batch_size, copy=False) if drain else m.batches(batch_size, copy=False)
-    return {bytes(k): f.numbers(v) for batch in batches for k, v in batch}
+def _sortable(v: Any) -> Any:
+    """A decoded key as something ``<`` orders (dicts by their values, in field order)."""
+    if isinstance(v, dict):
+        return tuple(_sortable(x) for x in v.values())
+    if isinstance(v, (list, tuple)):
+        return tuple(_sortable(x) for x in v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return (1, str(v)) if not isinstance(v, bool) else (0, int(v))
+    return (0, v)
 
 
-def build_rows(
-    cur: dict[bytes, dict[str, int | float]],
-    prev: dict[bytes, dict[str, int | float]] | None,
-    dt: float | None,
-    drain: bool,
-) -> list[dict[str, Any]]:
-    """One row per key: its fields and their rates per second (None before a second read)."""
-    rows = []
-    for key, fields in cur.items():
-        rates: dict[str, float | None] = {}
-        for name, n in fields.items():
-            if dt is None or dt <= 0:
-                rates[name] = None
-            elif drain:  # a drained value is what accumulated since the previous drain
-                rates[name] = n / dt
-            elif prev is not None and name in prev.get(key, {}):
-                rates[name] = (n - prev[key][name]) / dt
+class Reader:
+    """One map's reads for watch: the top rows of each, and what the next rates need."""
+
+    def __init__(
+        self,
+        m: Map,
+        f: EntryFormatter,
+        *,
+        drain: bool,
+        batch_size: int | None,
+        sort: str,
+        field: str | None,
+        top: int,
+        rates: bool,
+    ) -> None:
+        self.m, self.f, self.drain, self.batch_size = m, f, drain, batch_size
+        self.sort, self.top = sort, top
+        self.inner_maps = m.type in MAP_OF_MAPS_TYPES  # values are map ids, not quantities
+        self.names: tuple[str, ...] = () if self.inner_maps else f.number_names()
+        self.index = self.names.index(field) if field is not None else 0
+        self.keep_prev = rates and not drain
+        self.prev: dict[bytes, bytes] = {}
+        self._zero = bytes(m.value_stride)
+
+    def read(self, dt: float | None) -> tuple[list[dict[str, Any]], int]:
+        """The top rows of one read (sorted) and the number of entries read."""
+        m, f = self.m, self.f
+        batches = (
+            m.drain(self.batch_size, copy=False)
+            if self.drain
+            else m.batches(self.batch_size, copy=False)
+        )
+        best: list[tuple[Any, ...]] = []
+        prev = self.prev
+        entries = 0
+        for batch in batches:
+            n = batch.count
+            entries += n
+            keys = batch.key_list()
+            values = batch.value_list() if (self.keep_prev or self.inner_maps) else None
+            numbers = f.batch_numbers(batch.values, n) if self.names else [()] * n
+            old: list[Any] = [None] * n
+            if prev and dt:
+                found = list(map(prev.get, keys, itertools.repeat(None)))
+                flat = b"".join(v if v is not None else self._zero for v in found)
+                old = [
+                    o if v is not None else None for o, v in zip(f.batch_numbers(flat, n), found)
+                ]
+            rank = self._ranks(batch, numbers, old, dt, n)
+            extra: Iterable[bytes | None] = (
+                values if self.inner_maps and values is not None else itertools.repeat(None)
+            )
+            candidates = zip(rank, keys, numbers, old, extra)
+            if self.sort == "key":
+                best = heapq.nsmallest(self.top, itertools.chain(best, candidates), key=_first)
             else:
+                best = heapq.nlargest(self.top, itertools.chain(best, candidates), key=_first)
+            if self.keep_prev and values is not None:
+                prev.update(zip(keys, values))  # in place: one value per key, never two
+        if len(prev) > 2 * entries:  # many keys gone since: start over (rates resume next read)
+            self.prev = {}
+        return [self._row(item, dt) for item in best], entries
+
+    def _ranks(
+        self, batch: Any, numbers: list[Any], old: list[Any], dt: float | None, n: int
+    ) -> list[Any]:
+        if self.sort == "key":
+            return list(map(_sortable, self.f.key_values(batch)))
+        if not self.names:
+            return [_MISSING_RANK] * n
+        i = self.index
+        if self.sort == "value":
+            return [x[i] for x in numbers]
+        if not dt:
+            return [_MISSING_RANK] * n
+        if self.drain:
+            return [x[i] / dt for x in numbers]
+        return [
+            (x[i] - o[i]) / dt if o is not None else _MISSING_RANK for x, o in zip(numbers, old)
+        ]
+
+    def _row(self, item: tuple[Any, ...], dt: float | None) -> dict[str, Any]:
+        _rank, key, numbers, old, value = item
+        fields = dict(zip(self.names, numbers))
+        rates: dict[str, float | None] = {}
+        for name, x, o in zip(self.names, numbers, old if old is not None else [None] * 99):
+            if not dt:
                 rates[name] = None
-        rows.append({"key": key, "fields": fields, "rates": rates})
-    return rows
-
-
-def sort_rows(rows: list[dict[str, Any]], sort: str, field: str | None) -> None:
-    """Sort in place by key, or biggest value or rate first (rows without one last)."""
-    if sort == "key":
-        rows.sort(key=lambda r: r["key"])
-        return
-    part = "fields" if sort == "value" else "rates"
-
-    def rank(r: dict[str, Any]) -> tuple[int, float]:
-        values = r[part]
-        name = field if field is not None else next(iter(r["fields"]), None)
-        v = values.get(name) if name is not None else None
-        return (0, -v) if v is not None else (1, 0.0)
-
-    rows.sort(key=rank)
+            elif self.drain:
+                rates[name] = x / dt
+            else:
+                rates[name] = (x - o) / dt if o is not None else None
+        row = {"key": key, "fields": fields, "rates": rates}
+        if value is not None:
+            row["inner_map_id"] = int.from_bytes(value[:4], "little")
+        return row
 
 
 def write_json(
@@ -66,6 +142,13 @@ def write_json(
     dt: float | None,
 ) -> None:
     """One read as one JSON line: the map, its entry count and the top rows."""
+    rows = []
+    for r in top:
+        row = {"key": hex_list(r["key"]), "key_text": f.key_text(r["key"])}
+        if "inner_map_id" in r:
+            row["inner_map_id"] = r["inner_map_id"]
+        row.update(fields=r["fields"], rates=r["rates"])
+        rows.append(row)
     out.write(
         json.dumps(
             {
@@ -73,15 +156,7 @@ def write_json(
                 "map": {"id": m.id, "name": m.name},
                 "entries": entries,
                 "interval": dt,
-                "top": [
-                    {
-                        "key": hex_list(r["key"]),
-                        "key_text": f.key_text(r["key"]),
-                        "fields": r["fields"],
-                        "rates": r["rates"],
-                    }
-                    for r in top
-                ],
+                "top": rows,
             }
         )
         + "\n"
@@ -113,13 +188,17 @@ def write_view(
 
 
 def write_table(out: IO[str], f: EntryFormatter, rows: list[dict[str, Any]]) -> None:
-    """KEY, then each numeric field and its rate, numbers right-aligned."""
+    """KEY, then each numeric field and its rate, numbers right-aligned (an inner map's id
+    is an id: no separators, no rate)."""
     names: list[str] = []
     for r in rows:
         names += [n for n in r["fields"] if n not in names]
-    heads = ["KEY"] + [h for n in names for h in (n.upper(), f"{n.upper()}/s")]
+    inner = any("inner_map_id" in r for r in rows)
+    heads = ["KEY"] + ["INNER_MAP_ID"] * inner
+    heads += [h for n in names for h in (n.upper(), f"{n.upper()}/s")]
     table = [
         [f.key_text(r["key"])]
+        + [str(r.get("inner_map_id", "-"))] * inner
         + [
             c
             for n in names

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from . import _bindings
 from ._cdata import BytesLike, Layout, batch_opts, check_positive
 from ._libbpf import ffi
+from .btf import MapDecoder
 from .errors import ENOTSUPP, BatchNotSupportedError, BpfError
 
 DEFAULT_BATCH_SIZE = 4096
@@ -54,13 +55,15 @@ class MapAccess:
     """What the batch loop needs of a map, and no more: the loop never sees the Map.
 
     ``fd(op)`` returns the open fd or raises ValueError naming ``op`` and the map; ``where``
-    names the map in messages (``map 'counts' (id 42)``).
+    names the map in messages (``map 'counts' (id 42)``); ``decoder()`` gives the map's BTF
+    decoder, built on first use (the batches it yields decode with it).
     """
 
     fd: Callable[[str], int]
     layout: Layout
     max_entries: int
     where: str
+    decoder: Callable[[], MapDecoder] | None = None
 
 
 class Batch:
@@ -73,7 +76,7 @@ class Batch:
     holds memoryviews into buffers that the next step of its iterator overwrites.
     """
 
-    __slots__ = ("count", "cursor", "done", "keys", "layout", "values")
+    __slots__ = ("count", "cursor", "decoder", "done", "keys", "layout", "values")
 
     def __init__(
         self,
@@ -83,8 +86,10 @@ class Batch:
         values: BytesLike,
         cursor: bytes = b"",
         done: bool = False,
+        decoder: Callable[[], MapDecoder] | None = None,
     ) -> None:
         self.layout = layout
+        self.decoder = decoder  # the map's Map.decoder, called (once, cached) by decode()
         self.count = count
         self.keys = keys
         self.values = values
@@ -157,14 +162,36 @@ class Batch:
         # count * ncpus slots of round_up(value_size, 8) bytes, decoded in one pass
         return _unpack(self.values, self.layout.slot, self.count * self.ncpus, value_format)
 
+    def decode(self) -> list[tuple[Any, Any]]:
+        """``[(key, value), ...]`` as Python values, decoded with the map's BTF.
+
+        Structs are dicts, arrays lists, enums their names, char arrays text when printable
+        and NUL-terminated (else a list of ints); per-CPU values are a list, one per CPU. A
+        part without BTF (or a batch made by hand) decodes as an unsigned little-endian int
+        when it is 1, 2, 4 or 8 bytes, else as bytes. The BTF is compiled once per map.
+        """
+        return self._decoder().decode_batch(self)
+
+    def _decoder(self) -> MapDecoder:
+        if self.decoder is not None:
+            return self.decoder()
+        return MapDecoder.for_map(0, 0, 0, self.layout)
+
     def to_numpy(self, key_dtype: Any = None, value_dtype: Any = None) -> tuple[Any, Any]:
         """``(keys, values)`` as numpy arrays without a Python object per element.
 
-        Default dtypes are little-endian unsigned ints for sizes 1/2/4/8 and raw ``V<n>``
-        otherwise. Per-CPU values have shape ``(count, ncpus)``, padding stripped. The arrays
-        are read-only views of the batch's buffers (copy them to keep a ``copy=False`` batch).
+        Default dtypes come from the map's BTF: structured dtypes with its field names and
+        offsets (see :func:`libbpf_batch.btf.numpy_dtype`); without BTF, little-endian
+        unsigned ints for sizes 1/2/4/8 and raw ``V<n>`` otherwise. Per-CPU values have shape
+        ``(count, ncpus)``, padding stripped. The arrays are read-only views of the batch's
+        buffers (copy them to keep a ``copy=False`` batch).
         """
         import numpy as np  # optional extra: pip install libbpf-batch[numpy]
+
+        if key_dtype is None or value_dtype is None:
+            decoder = self._decoder()
+            key_dtype = decoder.key_dtype(np) if key_dtype is None else key_dtype
+            value_dtype = decoder.value_dtype(np) if value_dtype is None else value_dtype
 
         keys = np.frombuffer(
             self.keys, dtype=_dtype(np, key_dtype, self.key_size, "key"), count=self.count
@@ -288,11 +315,12 @@ def _dtype(np: Any, dtype: Any, size: int, what: str) -> Any:
 class _Buffers:
     """Key and value buffers for ``capacity`` elements, allocated once per iterator."""
 
-    __slots__ = ("_kview", "_vview", "capacity", "keys", "layout", "values")
+    __slots__ = ("_kview", "_vview", "capacity", "decoder", "keys", "layout", "values")
 
-    def __init__(self, capacity: int, layout: Layout) -> None:
+    def __init__(self, capacity: int, access: MapAccess) -> None:
         self.capacity = capacity
-        self.layout = layout
+        self.layout = layout = access.layout
+        self.decoder = access.decoder
         self.keys = ffi.new("char[]", capacity * layout.key_size)
         self.values = ffi.new("char[]", capacity * layout.value_stride)
         # Views made once: slicing one per batch costs less than a new ffi.buffer (this
@@ -302,11 +330,11 @@ class _Buffers:
 
     def batch(self, n: int, cursor: bytes, done: bool, copy: bool) -> Batch:
         """The first ``n`` elements as a Batch: copies, or views the next call overwrites."""
-        keys = self._kview[: n * self.layout.key_size]
-        values = self._vview[: n * self.layout.value_stride]
+        keys: BytesLike = self._kview[: n * self.layout.key_size]
+        values: BytesLike = self._vview[: n * self.layout.value_stride]
         if copy:
-            return Batch(self.layout, n, keys.tobytes(), values.tobytes(), cursor, done)
-        return Batch(self.layout, n, keys, values, cursor, done)
+            keys, values = bytes(keys), bytes(values)
+        return Batch(self.layout, n, keys, values, cursor, done, self.decoder)
 
 
 def _lookup_call(delete: bool) -> tuple[str, Callable[..., bool]]:
@@ -384,7 +412,7 @@ def one_batch(
         ffi.memmove(out, c, len(out))
         in_batch = out
     opts = batch_opts(elem_flags, flags, where)
-    buf = _Buffers(min(count, max(access.max_entries, 1)), access.layout)
+    buf = _Buffers(min(count, max(access.max_entries, 1)), access)
     return _step(access, delete, in_batch, out, buf, ffi.new("__u32 *"), opts, True)
 
 
@@ -416,7 +444,7 @@ def lookup_batches(
 def _walk(
     access: MapAccess, delete: bool, capacity: int, opts: Any, flagged: bool, copy: bool
 ) -> Iterator[Batch]:
-    buf = _Buffers(capacity, access.layout)
+    buf = _Buffers(capacity, access)
     cursor = ffi.new("char[]", access.layout.cursor_size)
     count = ffi.new("__u32 *")
     in_batch = _bindings.NULL  # NULL starts at the beginning
@@ -437,7 +465,7 @@ def _walk(
                         access.where,
                         f"a bucket holds more than {buf.capacity} elements, the map's max_entries",
                     ) from None
-                buf = _Buffers(min(buf.capacity * 2, limit), access.layout)
+                buf = _Buffers(min(buf.capacity * 2, limit), access)
                 continue
             if e.batch is not None and e.batch.count:
                 yield e.batch
@@ -474,7 +502,9 @@ def per_key_batches(
     values: list[bytes] = []
 
     def flush(done: bool) -> Batch:
-        batch = Batch(layout, len(keys), b"".join(keys), b"".join(values), b"", done)
+        batch = Batch(
+            layout, len(keys), b"".join(keys), b"".join(values), b"", done, access.decoder
+        )
         keys.clear()
         values.clear()
         return batch

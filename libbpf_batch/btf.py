@@ -12,10 +12,12 @@ This module imports nothing above ``_cdata``; ``Map.decoder()`` builds one per m
 
 from __future__ import annotations
 
+import array
+import itertools
+import json
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Union
 
 from . import _bindings
 from ._cdata import Layout, percpu_slot
@@ -253,6 +255,18 @@ class Btf:
             return self.size(t.type_id, _depth + 1)
         raise BtfError(f"type {type_id}: {t.kind_name} has no size")
 
+    def char_type(self, type_id: int) -> BtfType | None:
+        """The int type if ``type_id`` is a char (bpftool's rule: const/volatile skipped, a
+        typedef is not a char; 1 byte, named 'char' or encoded CHAR), else None."""
+        t = self.type(type_id)
+        for _ in range(_MAX_DEPTH):
+            if t.kind not in (KIND_CONST, KIND_VOLATILE, KIND_RESTRICT, KIND_TYPE_TAG):
+                break
+            t = self.type(t.type_id)
+        if t.kind == KIND_INT and t.size == 1 and (t.encoding & INT_CHAR or t.name == "char"):
+            return t
+        return None
+
     def type_name(self, type_id: int) -> str:
         """A C-like spelling of the type, e.g. 'struct port_stats' or '__u64'."""
         t = self.type(type_id)
@@ -301,12 +315,12 @@ class Btf:
                 return "0x" + bytes(data[: t.size]).hex()
             return struct.unpack_from(self._order + fmt, data)[0]
         if kind == KIND_ARRAY:
-            elem = self.resolve(t.elem_type)
             esize = self.size(t.elem_type)
-            if esize == 0:
+            if esize == 0 or t.nelems == 0:
                 return []
-            if _is_char(elem):
-                return _c_string(bytes(data[: t.nelems]))
+            char = self.char_type(t.elem_type)
+            if char is not None:
+                return char_array(bytes(data[: t.nelems]), bool(char.encoding & INT_SIGNED))
             return [
                 self._decode(t.elem_type, data[i * esize :], depth + 1) for i in range(t.nelems)
             ]
@@ -369,19 +383,17 @@ class Btf:
         return raw
 
 
-def _is_char(t: BtfType) -> bool:
-    """A 1-byte int spelled 'char' (or marked CHAR): its arrays are strings."""
-    return (
-        t.kind == KIND_INT
-        and t.size == 1
-        and (bool(t.encoding & INT_CHAR) or t.name in ("char", "signed char"))
-    )
+# bytes.translate(None, _PRINTABLE) deletes printable ASCII: what is left is not text
+_PRINTABLE = bytes(range(0x20, 0x7F))
 
 
-def _c_string(raw: bytes) -> str:
-    """A char array as text: up to the first NUL, undecodable bytes escaped."""
+def char_array(raw: bytes, signed: bool) -> str | list[int]:
+    """A char array as bpftool shows it: text when it is printable ASCII up to a NUL, else
+    the list of its ints (never an escaped string that can't be told from text)."""
     end = raw.find(b"\0")
-    return raw[: end if end >= 0 else None].decode("utf-8", errors="backslashreplace")
+    if end >= 0 and not raw[:end].translate(None, _PRINTABLE):
+        return raw[:end].decode("ascii")
+    return array.array("b", raw).tolist() if signed else list(raw)
 
 
 def load_btf(btf_id: int) -> Btf:
@@ -394,11 +406,438 @@ def load_btf(btf_id: int) -> Btf:
     return Btf(raw)
 
 
-class MapDecoder:
-    """Decodes one map's keys and values with its BTF; None where the map has no BTF type.
+# -- compiled plans ---------------------------------------------------------------------
+# A type compiles once into a struct format over its leaves (the ints, floats and byte runs it
+# holds) and generated comprehensions that build each element's Python value, JSON text and
+# numbers from one unpacked tuple: a batch decodes with one Python-level step per element, not
+# one frame per field. Btf.decode() above stays the reference the tests hold these to.
 
-    ``decode_value`` on a per-CPU map takes the whole ``value_stride`` bytes and returns one
-    decoded value per possible CPU.
+_UINT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+_FLOAT_CODES = {2: "e", 4: "f", 8: "d"}
+_INLINE_LEAVES = 256  # an array with more leaves than this decodes through its element's plan
+_Piece = Union[str, tuple[str, str]]  # JSON text: a literal, or ('%d' | '%s', expression)
+
+
+def _json_float(x: float) -> str:
+    # json.dumps would write NaN/Infinity, which is not JSON (bpftool's own output breaks here)
+    return repr(x) if x - x == 0 else f'"{x}"'
+
+
+def _json_chars(raw: bytes, signed: bool) -> str:
+    return json_text(char_array(raw, signed))
+
+
+def json_text(v: Any) -> str:
+    """``v`` as compact JSON, non-finite floats as strings."""
+    try:
+        return json.dumps(v, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(v), separators=(",", ":"))
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if v - v == 0 else str(v)
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_finite(x) for x in v]
+    return v
+
+
+@dataclass
+class _Code:
+    """What a type compiles to, over leaf variables: Python value, JSON text, numbers."""
+
+    py: str
+    js: list[_Piece]
+    nums: list[tuple[str, str]]
+    members: list[tuple[str, _Code]] | None = None  # structs/unions: spliced when anonymous
+
+
+class _Compiler:
+    def __init__(self, btf: Btf, size: int, ns: dict[str, Any], prefix: str) -> None:
+        self.btf, self.size, self.ns, self.prefix = btf, size, ns, prefix
+        self.order = btf._order
+        self.leaves: list[tuple[int, int, str]] = []  # (offset, size, struct code)
+        self._leaf_names: dict[tuple[int, int, str], str] = {}
+
+    def leaf(self, offset: int, size: int, code: str) -> str:
+        key = (offset, size, code)
+        name = self._leaf_names.get(key)
+        if name is None:
+            name = self._leaf_names[key] = f"{self.prefix}v{len(self.leaves)}"
+            self.leaves.append(key)
+        return name
+
+    def const(self, value: Any) -> str:
+        name = f"_{self.prefix}c{len(self.ns)}"
+        self.ns[name] = value
+        return name
+
+    def node(self, type_id: int, off: int, depth: int) -> _Code:
+        if depth > _MAX_DEPTH:
+            raise BtfError(f"type {type_id}: nesting too deep")
+        t = self.btf.resolve(type_id)
+        kind = t.kind
+        if kind == KIND_INT:
+            return self.integer(t, off)
+        if kind in (KIND_ENUM, KIND_ENUM64):
+            return self.enum(t, self.raw_int(off, t.size, t.kind_flag))
+        if kind == KIND_PTR:
+            v = self.leaf(off, 8, "Q")
+            return _Code(v, [("%d", v)], [])
+        if kind == KIND_FLOAT:
+            code = _FLOAT_CODES.get(t.size)
+            if code is None:  # long double: no Python type, keep the bytes
+                v = self.leaf(off, t.size, f"{t.size}s")
+                return _Code(f"'0x' + {v}.hex()", ['"0x', ("%s", f"{v}.hex()"), '"'], [])
+            v = self.leaf(off, t.size, code)
+            return _Code(v, [("%s", f"_json_float({v})")], [("", v)])
+        if kind == KIND_ARRAY:
+            return self.array(t, off, depth)
+        if kind in (KIND_STRUCT, KIND_UNION):
+            return self.struct(t, off, depth)
+        if kind == KIND_VAR:
+            return self.node(t.type_id, off, depth + 1)
+        if kind == KIND_DATASEC:
+            return self.datasec(t, off, depth)
+        raise BtfError(f"type {type_id}: can't decode a {t.kind_name}")
+
+    def raw_int(self, off: int, size: int, signed: bool) -> str:
+        code = _UINT_CODES.get(size)
+        if code is None:
+            v = self.leaf(off, size, f"{size}s")
+            return f"_from_bytes({v}, {self.byteorder!r}, signed={signed})"
+        return self.leaf(off, size, code.lower() if signed else code)
+
+    @property
+    def byteorder(self) -> str:
+        return "little" if self.order == "<" else "big"
+
+    def integer(self, t: BtfType, off: int) -> _Code:
+        signed = bool(t.encoding & INT_SIGNED)
+        is_bool = False  # already a Python bool (struct's "?")
+        if t.int_offset or t.bits != 8 * t.size:  # an int narrower than its bytes
+            v = self.bits(self.raw_int(off, t.size, False), t.int_offset, t.bits, signed)
+        elif t.encoding & INT_BOOL and t.size == 1:
+            v, is_bool = self.leaf(off, 1, "?"), True
+        else:
+            v = self.raw_int(off, t.size, signed)
+        if t.encoding & INT_BOOL:
+            v = v if is_bool else f"({v} != 0)"
+            return _Code(v, [("%s", f"('true' if {v} else 'false')")], [("", f"int({v})")])
+        return _Code(v, [("%d", v)], [("", v)])
+
+    @staticmethod
+    def bits(raw: str, shift: int, width: int, signed: bool) -> str:
+        v = (
+            f"(({raw} >> {shift}) & {(1 << width) - 1})"
+            if shift
+            else f"({raw} & {(1 << width) - 1})"
+        )
+        if signed:  # two's complement of `width` bits
+            sign = 1 << (width - 1)
+            v = f"(({v} ^ {sign}) - {sign})"
+        return v
+
+    def enum(self, t: BtfType, v: str) -> _Code:
+        names: dict[int, str] = {}
+        for name, value in t.enumerators:
+            names.setdefault(value, name)  # the first name of a value, as the reference
+        py = self.const(names)
+        js = self.const({value: json.dumps(name) for value, name in names.items()})
+        return _Code(f"{py}.get({v}, {v})", [("%s", f"{js}.get({v}, {v})")], [("", v)])
+
+    def array(self, t: BtfType, off: int, depth: int) -> _Code:
+        esize = self.btf.size(t.elem_type)
+        n = t.nelems
+        if esize == 0 or n == 0:
+            return _Code("[]", ["[]"], [])
+        char = self.btf.char_type(t.elem_type)
+        if char is not None:
+            v = self.leaf(off, n, f"{n}s")
+            signed = bool(char.encoding & INT_SIGNED)
+            return _Code(f"_char_array({v}, {signed})", [("%s", f"_json_chars({v}, {signed})")], [])
+        elem = Plan(self.btf, t.elem_type, esize)
+        if n * max(len(elem.leaves), 1) > _INLINE_LEAVES:
+            v = self.leaf(off, n * esize, f"{n * esize}s")
+            py, to_json = self.const(elem.decode), self.const(elem.json)
+            return _Code(
+                f"{py}({v}, {n})", ["[", ("%s", f"','.join({to_json}({v}, {n}))"), "]"], []
+            )
+        items = [self.node(t.elem_type, off + i * esize, depth + 1) for i in range(n)]
+        js: list[_Piece] = ["["]
+        for i, c in enumerate(items):
+            js += ([","] if i else []) + c.js
+        nums = [(_dotted(str(i), name), e) for i, c in enumerate(items) for name, e in c.nums]
+        return _Code("[" + ", ".join(c.py for c in items) + "]", js + ["]"], nums)
+
+    def struct(self, t: BtfType, off: int, depth: int) -> _Code:
+        members: dict[str, _Code] = {}
+        for m in t.members:
+            if m.bitfield_size:
+                code = self.bitfield(m, off)
+            else:
+                if m.bit_offset % 8:
+                    raise BtfError(
+                        f"{self.btf.type_name(t.id)}.{m.name}: member not on a byte boundary"
+                    )
+                code = self.node(m.type_id, off + m.bit_offset // 8, depth + 1)
+            if not m.name and code.members is not None:
+                members.update(code.members)  # anonymous struct/union: its members are ours
+            else:
+                members[m.name] = code
+        return _record(list(members.items()))
+
+    def bitfield(self, m: Member, off: int) -> _Code:
+        t = self.btf.resolve(m.type_id)
+        if t.kind not in (KIND_INT, KIND_ENUM, KIND_ENUM64):
+            raise BtfError(f"bitfield {m.name!r} of a {t.kind_name}")
+        if self.order != "<":
+            raise BtfError(f"bitfield {m.name!r}: big-endian bitfields are not supported")
+        first = m.bit_offset // 8
+        span = (m.bit_offset + m.bitfield_size + 7) // 8 - first
+        unit = next((u for u in (1, 2, 4, 8) if u >= span), 0)
+        if unit and off + first + unit <= self.size:
+            raw = self.leaf(off + first, unit, _UINT_CODES[unit])
+        else:
+            raw = f"_from_bytes({self.leaf(off + first, span, f'{span}s')}, 'little')"
+        signed = bool(t.encoding & INT_SIGNED) if t.kind == KIND_INT else t.kind_flag
+        v = self.bits(raw, m.bit_offset % 8, m.bitfield_size, signed)
+        if t.kind == KIND_INT:
+            return _Code(v, [("%d", v)], [("", v)])
+        return self.enum(t, v)
+
+    def datasec(self, t: BtfType, off: int, depth: int) -> _Code:
+        # Python: {variable: value}; JSON as bpftool nests it: {".bss": [{"var": value}, ...]}
+        variables = [
+            (self.btf.type(var).name, self.node(var, off + var_off, depth + 1))
+            for var, var_off, _size in t.sections
+        ]
+        flat = _record(variables)
+        js: list[_Piece] = ["{" + json.dumps(t.name) + ":["]
+        for i, (name, c) in enumerate(variables):
+            js += ([","] if i else []) + ["{" + json.dumps(name) + ":"] + c.js + ["}"]
+        return _Code(flat.py, js + ["]}"], flat.nums, flat.members)
+
+
+def _dotted(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if name else prefix
+
+
+def _record(members: list[tuple[str, _Code]]) -> _Code:
+    py = "{" + ", ".join(f"{name!r}: {c.py}" for name, c in members) + "}"
+    js: list[_Piece] = ["{"]
+    for i, (name, c) in enumerate(members):
+        js += [("," if i else "") + json.dumps(name) + ":"] + c.js
+    nums = [(_dotted(name, sub), e) for name, c in members for sub, e in c.nums]
+    return _Code(py, js + ["}"], nums, members)
+
+
+def _format(pieces: list[_Piece]) -> tuple[str, list[str]]:
+    """JSON pieces as one %-format and its argument expressions."""
+    text, args = [], []
+    for p in pieces:
+        if isinstance(p, str):
+            text.append(p.replace("%", "%%"))
+        else:
+            text.append(p[0])
+            args.append(p[1])
+    return "".join(text), args
+
+
+def _layers(leaves: list[tuple[int, int, str]]) -> list[list[int]]:
+    """Leaf indexes split into runs that don't overlap (a union's members overlap): one
+    struct format each."""
+    layers: list[list[int]] = []
+    ends: list[int] = []
+    for i in sorted(range(len(leaves)), key=lambda i: (leaves[i][0], -leaves[i][1])):
+        off, size, _code = leaves[i]
+        for n, end in enumerate(ends):
+            if end <= off:
+                layers[n].append(i)
+                ends[n] = off + size
+                break
+        else:
+            layers.append([i])
+            ends.append(off + size)
+    return layers
+
+
+class Plan:
+    """One BTF type compiled for a buffer of elements ``stride`` bytes apart.
+
+    ``decode(buf, count)`` gives each element's Python value (as :meth:`Btf.decode` does),
+    ``json(buf, count)`` its compact JSON text (as bpftool writes it: DATASEC values nested by
+    section; NaN/inf floats as strings), ``numbers(buf, count)`` a tuple per element of its
+    numeric fields, named by ``number_names`` (dotted paths; enums as their ints; char arrays
+    and pointers are not numbers). ``buf`` holds at least ``count * stride`` bytes.
+    """
+
+    def __init__(self, btf: Btf, type_id: int, stride: int, prefix: str = "") -> None:
+        """``prefix`` names this plan's variables apart from another's (see joint_json)."""
+        self.btf, self.type_id, self.stride, self.prefix = btf, type_id, stride, prefix
+        size = btf.size(type_id)
+        if size > stride:
+            raise BtfError(f"{btf.type_name(type_id)} is {size} bytes, elements have {stride}")
+        self.ns: dict[str, Any] = {
+            "_char_array": char_array,
+            "_json_chars": _json_chars,
+            "_json_float": _json_float,
+            "_from_bytes": int.from_bytes,
+            "_repeat": itertools.repeat,
+            "_zip": zip,
+        }
+        comp = _Compiler(btf, size, self.ns, prefix)
+        code = comp.node(type_id, 0, 0)
+        self.leaves = comp.leaves
+        self.number_names = tuple(name or "value" for name, _e in code.nums)
+        self.buf = f"{prefix}buf"
+        self.iterate, self.target = self._iteration(btf._order)
+        self.json_format, self.json_args = _format(code.js)
+        fmt_name = f"_{prefix}json_format"
+        self.ns[fmt_name] = self.json_format
+        js = f"{fmt_name} % ({', '.join(self.json_args)},)" if self.json_args else fmt_name
+        nums = "(" + "".join(f"{e}, " for _n, e in code.nums) + ")"
+        src = "\n".join(
+            f"def {name}({self.buf}, count):\n"
+            f"    return [{expr} for {self.target} in {self.iterate}]\n"
+            for name, expr in (("decode", code.py), ("json", js), ("numbers", nums))
+        )
+        exec(compile(src, f"<BTF plan: {btf.type_name(type_id)}>", "exec"), self.ns)  # noqa: S102
+        self.decode: Callable[[Any, int], list[Any]] = self.ns["decode"]
+        self.json: Callable[[Any, int], list[str]] = self.ns["json"]
+        self.numbers: Callable[[Any, int], list[tuple[int | float, ...]]] = self.ns["numbers"]
+
+    def _iteration(self, order: str) -> tuple[str, str]:
+        """The comprehension's iterable and target: one iter_unpack per layer, zipped."""
+        if self.stride == 0:
+            return "_repeat((), count)", "_"
+        iters, targets = [], []
+        for n, layer in enumerate(_layers(self.leaves) or [[]]):
+            fmt, pos = order, 0
+            for i in layer:
+                off, size, code = self.leaves[i]
+                fmt += (f"{off - pos}x" if off > pos else "") + code
+                pos = off + size
+            fmt += f"{self.stride - pos}x" if self.stride > pos else ""
+            unpack = f"_{self.prefix}unpack{n}"
+            self.ns[unpack] = struct.Struct(fmt).iter_unpack
+            iters.append(f"{unpack}({self.buf}[:count * {self.stride}])")
+            names = [f"{self.prefix}v{i}" for i in layer]
+            targets.append("(" + "".join(f"{v}, " for v in names) + ")")
+        if len(iters) == 1:
+            return iters[0], targets[0]
+        return f"_zip({', '.join(iters)})", "(" + ", ".join(targets) + ")"
+
+
+JointJson = Callable[[Any, Any, Any, int], list[str]]
+
+
+def joint_json(key: Plan, value: Plan, between: tuple[str, str, str], heads: bool) -> JointJson:
+    """A function ``(heads, keys, values, count) -> [text, ...]`` making each element's text
+    in one step: ``heads[i]`` (when ``heads``) + between[0] + the key's JSON + between[1] +
+    the value's JSON + between[2]. The plans must have different prefixes."""
+    if key.prefix == value.prefix:
+        raise ValueError("joint_json: the key and value plans need different prefixes")
+    esc = [b.replace("%", "%%") for b in between]
+    ns = {
+        **key.ns,
+        **value.ns,
+        "_joint_format": (
+            ("%s" if heads else "") + esc[0] + key.json_format + esc[1] + value.json_format + esc[2]
+        ),
+    }
+    args = (["head"] if heads else []) + key.json_args + value.json_args
+    targets = (["head"] if heads else []) + [key.target, value.target]
+    iters = (["heads"] if heads else []) + [key.iterate, value.iterate]
+    src = (
+        f"def lines(heads, {key.buf}, {value.buf}, count):\n"
+        f"    return [_joint_format % ({''.join(a + ', ' for a in args)}) "
+        f"for {', '.join(targets)} in _zip({', '.join(iters)})]\n"
+    )
+    exec(compile(src, "<BTF plan: key and value>", "exec"), ns)  # noqa: S102
+    lines: JointJson = ns["lines"]
+    return lines
+
+
+def numpy_dtype(btf: Btf, type_id: int, np: Any, _depth: int = 0) -> Any:
+    """A numpy dtype laid out as the BTF type: structured with the member names and offsets
+    (padding left out), subarrays for arrays, ``S<n>`` for char arrays, ints for enums and
+    pointers. A bitfield's field is the smallest 1/2/4/8-byte little-endian unit starting
+    at the byte holding its first bit: shift it right by bit_offset % 8 and mask."""
+    if _depth > _MAX_DEPTH:
+        raise BtfError(f"type {type_id}: nesting too deep")
+    order = btf._order
+    t = btf.resolve(type_id)
+    if t.kind in (KIND_INT, KIND_ENUM, KIND_ENUM64):
+        signed = bool(t.encoding & INT_SIGNED) if t.kind == KIND_INT else t.kind_flag
+        if t.kind == KIND_INT and t.encoding & INT_BOOL and t.size == 1:
+            return np.dtype("?")
+        if t.size in _UINT_CODES:
+            return np.dtype(f"{order}{'i' if signed else 'u'}{t.size}")
+        return np.dtype(f"V{t.size}")
+    if t.kind == KIND_PTR:
+        return np.dtype(f"{order}u8")
+    if t.kind == KIND_FLOAT:
+        return np.dtype(f"{order}f{t.size}") if t.size in _FLOAT_CODES else np.dtype(f"V{t.size}")
+    if t.kind == KIND_ARRAY:
+        if btf.char_type(t.elem_type) is not None:
+            return np.dtype(f"S{t.nelems}")
+        return np.dtype((numpy_dtype(btf, t.elem_type, np, _depth + 1), (t.nelems,)))
+    if t.kind == KIND_VAR:
+        return numpy_dtype(btf, t.type_id, np, _depth + 1)
+    if t.kind in (KIND_STRUCT, KIND_UNION, KIND_DATASEC):
+        fields: dict[str, tuple[Any, int]] = {}
+        if t.kind == KIND_DATASEC:
+            parts = [(btf.type(v).name, v, off * 8, 0) for v, off, _s in t.sections]
+        else:
+            parts = [(m.name, m.type_id, m.bit_offset, m.bitfield_size) for m in t.members]
+        for name, member_type, bit_offset, bitfield_size in parts:
+            if bitfield_size:
+                first = bit_offset // 8
+                span = (bit_offset + bitfield_size + 7) // 8 - first
+                unit = next((u for u in (1, 2, 4, 8) if u >= span and first + u <= t.size), 0)
+                dt = np.dtype(f"<u{unit}") if unit else np.dtype(f"V{span}")
+            else:
+                dt = numpy_dtype(btf, member_type, np, _depth + 1)
+            off = bit_offset // 8
+            if not name and dt.names:  # anonymous struct/union: its members are ours
+                for sub in dt.names:
+                    sub_dt, sub_off = dt.fields[sub][:2]
+                    fields.setdefault(sub, (sub_dt, off + sub_off))
+            else:
+                fields.setdefault(name or f"f{off}", (dt, off))
+        return np.dtype(
+            {
+                "names": list(fields),
+                "formats": [dt for dt, _o in fields.values()],
+                "offsets": [o for _dt, o in fields.values()],
+                "itemsize": t.size,
+            }
+        )
+    raise BtfError(f"type {type_id}: no numpy dtype for a {t.kind_name}")
+
+
+class MapDecoder:
+    """Decodes one map's keys and values, compiled once from its BTF.
+
+    Per element: ``decode_key``/``decode_value`` (None where the map has no BTF type for that
+    part). Whole batches, without a Python frame per field:
+
+    - ``decode_batch(batch) -> list[tuple[key, value]]``
+    - ``decode_keys(keys, count) -> list``, ``decode_values(values, count) -> list``
+    - ``json_keys(keys, count) -> list[str]``, ``json_values(values, count) -> list[str]``
+      (per-CPU: one ``[v_cpu0,v_cpu1,...]`` JSON array per element),
+      ``json_lines(heads, keys, values, count, between) -> list[str]`` (key and value JSON
+      in one text per element, in one step)
+    - ``value_numbers(values, count) -> list[tuple]`` named by ``value_number_names``
+      (per-CPU: summed over the CPUs)
+    - ``key_dtype(np)``, ``value_dtype(np)``: numpy dtypes (per-CPU: one CPU's value)
+
+    ``keys``/``values`` are flat buffers (a Batch's ``keys``/``values``). A part without a BTF
+    type decodes as an unsigned little-endian int when it is 1, 2, 4 or 8 bytes, else as bytes.
     """
 
     def __init__(
@@ -419,7 +858,23 @@ class MapDecoder:
         self.value_size = value_size
         self.ncpus = ncpus
         self.percpu = percpu
-        self._slot = percpu_slot(value_size)
+        self._slot = percpu_slot(value_size) if percpu else value_size
+        self.key_plan = (
+            Plan(btf, self.key_type_id, key_size, "k") if btf and self.key_type_id else None
+        )
+        self.value_plan = (
+            Plan(btf, self.value_type_id, self._slot, "v") if btf and self.value_type_id else None
+        )
+        self._joint: dict[tuple[tuple[str, str, str], bool], JointJson] = {}
+        self.value_number_names = (
+            self.value_plan.number_names
+            if self.value_plan
+            else ("value",)
+            if value_size in _UINT_CODES
+            else ()
+        )
+        self._raw_keys = _raw(key_size)
+        self._raw_values = _raw(value_size, self._slot)
 
     @classmethod
     def for_map(
@@ -439,12 +894,12 @@ class MapDecoder:
     @property
     def has_key_type(self) -> bool:
         """True when keys decode (the map has a BTF key type)."""
-        return bool(self.key_type_id)
+        return self.key_plan is not None
 
     @property
     def has_value_type(self) -> bool:
         """True when values decode (the map has a BTF value type)."""
-        return bool(self.value_type_id)
+        return self.value_plan is not None
 
     @property
     def key_type_name(self) -> str | None:
@@ -454,26 +909,157 @@ class MapDecoder:
     def value_type_name(self) -> str | None:
         return self.btf.type_name(self.value_type_id) if self.btf and self.value_type_id else None
 
+    # -- one element ---------------------------------------------------------------------
     def decode_key(self, key: bytes | memoryview) -> Any:
         """The key as a Python value, or None when the map has no BTF key type."""
-        if self.btf is None or not self.key_type_id:
-            return None
-        return self.btf.decode(self.key_type_id, key)
+        return self.key_plan.decode(memoryview(key).cast("B"), 1)[0] if self.key_plan else None
 
     def decode_value(self, value: bytes | memoryview) -> Any:
         """The value as a Python value (per-CPU: a list, one per CPU), or None without BTF."""
-        if self.btf is None or not self.value_type_id:
+        if self.value_plan is None:
             return None
-        if not self.percpu:
-            return self.btf.decode(self.value_type_id, value)
         view = memoryview(value).cast("B")
-        return [
-            self.btf.decode(self.value_type_id, view[i * self._slot :]) for i in range(self.ncpus)
-        ]
+        if not self.percpu:
+            return self.value_plan.decode(view, 1)[0]
+        return self.value_plan.decode(view, self.ncpus)
 
-    def decode_values(self, values: Sequence[bytes]) -> list[Any]:
-        """decode_value() for each."""
-        return [self.decode_value(v) for v in values]
+    # -- whole batches -------------------------------------------------------------------
+    def decode_batch(self, batch: Any) -> list[tuple[Any, Any]]:
+        """``[(key, value), ...]`` for a Batch, as Python values."""
+        return list(
+            zip(
+                self.decode_keys(batch.keys, batch.count),
+                self.decode_values(batch.values, batch.count),
+            )
+        )
+
+    def decode_keys(self, keys: Any, count: int) -> list[Any]:
+        """``count`` keys from a flat buffer, as Python values."""
+        plan = self.key_plan or self._raw_keys
+        return plan.decode(_flat(keys), count)
+
+    def decode_values(self, values: Any, count: int | None = None) -> list[Any]:
+        """``count`` values from a flat buffer (per-CPU: a list per element, one per CPU).
+
+        Given a sequence of values and no count (the old per-element form), each decoded.
+        """
+        if count is None:
+            return [self.decode_value(v) for v in values]
+        plan = self.value_plan or self._raw_values
+        flat = plan.decode(_flat(values), count * self.ncpus if self.percpu else count)
+        return self._per_element(flat, list)
+
+    def json_keys(self, keys: Any, count: int) -> list[str]:
+        """``count`` keys as compact JSON texts (requires a BTF key type)."""
+        if self.key_plan is None:
+            raise BtfError("the map has no BTF key type")
+        return self.key_plan.json(_flat(keys), count)
+
+    def json_values(self, values: Any, count: int) -> list[str]:
+        """``count`` values as compact JSON texts (requires a BTF value type); per-CPU: one
+        JSON array per element, a value per CPU."""
+        if self.value_plan is None:
+            raise BtfError("the map has no BTF value type")
+        if not self.percpu:
+            return self.value_plan.json(_flat(values), count)
+        flat = self.value_plan.json(_flat(values), count * self.ncpus)
+        return ["[" + ",".join(cpus) + "]" for cpus in zip(*[iter(flat)] * self.ncpus)]
+
+    def json_lines(
+        self,
+        heads: list[str] | None,
+        keys: Any,
+        values: Any,
+        count: int,
+        between: tuple[str, str, str],
+    ) -> list[str]:
+        """Each element as one text: ``heads[i]`` (when given) + between[0] + the key's JSON +
+        between[1] + the value's JSON + between[2], made in one step per element. Needs BTF
+        key and value types; per-CPU maps use json_values()."""
+        if self.key_plan is None or self.value_plan is None or self.percpu:
+            raise BtfError("json_lines needs BTF key and value types and a map not per-CPU")
+        lines = self._joint.get((between, heads is not None))
+        if lines is None:
+            lines = joint_json(self.key_plan, self.value_plan, between, heads is not None)
+            self._joint[between, heads is not None] = lines
+        return lines(heads, _flat(keys), _flat(values), count)
+
+    def json_value_slots(self, values: Any, count: int) -> list[tuple[str, ...]]:
+        """Per-CPU maps: each element's JSON value texts, one per CPU."""
+        if self.value_plan is None:
+            raise BtfError("the map has no BTF value type")
+        flat = self.value_plan.json(_flat(values), count * self.ncpus)
+        return list(zip(*[iter(flat)] * self.ncpus))
+
+    def value_numbers(self, values: Any, count: int) -> list[tuple[int | float, ...]]:
+        """Each value's numeric fields (``value_number_names``), per-CPU summed."""
+        plan = self.value_plan or self._raw_values
+        if plan is self._raw_values and not self.value_number_names:
+            return [()] * count
+        flat = plan.numbers(_flat(values), count * self.ncpus if self.percpu else count)
+        if not self.percpu:
+            return flat
+        return [tuple(map(sum, zip(*cpus))) for cpus in zip(*[iter(flat)] * self.ncpus)]
+
+    def key_dtype(self, np: Any) -> Any:
+        """numpy dtype of a key: from BTF, else ``<u{n}`` (1/2/4/8 bytes) or ``V{n}``."""
+        if self.btf is not None and self.key_type_id:
+            return numpy_dtype(self.btf, self.key_type_id, np)
+        return _raw_dtype(np, self.key_size)
+
+    def value_dtype(self, np: Any) -> Any:
+        """numpy dtype of a value (per-CPU: of one CPU's value), as key_dtype()."""
+        if self.btf is not None and self.value_type_id:
+            return numpy_dtype(self.btf, self.value_type_id, np)
+        return _raw_dtype(np, self.value_size)
+
+    def _per_element(self, flat: list[Any], group: Callable[[Any], Any]) -> list[Any]:
+        if not self.percpu:
+            return flat
+        return list(map(group, zip(*[iter(flat)] * self.ncpus)))
 
 
-__all__ = ["Btf", "BtfError", "BtfType", "MapDecoder", "Member", "load_btf"]
+class _RawPlan:
+    """A part without BTF: unsigned little-endian ints for 1/2/4/8 bytes, else bytes."""
+
+    def __init__(self, size: int, stride: int) -> None:
+        code = _UINT_CODES.get(size, f"{size}s")
+        fmt = "<" + code + (f"{stride - size}x" if stride > size else "")
+        self._unpack = struct.Struct(fmt).iter_unpack if stride else None
+        self.stride = stride
+
+    def decode(self, buf: Any, count: int) -> list[Any]:
+        if self._unpack is None:
+            return [b""] * count
+        return [v for (v,) in self._unpack(buf[: count * self.stride])]
+
+    def numbers(self, buf: Any, count: int) -> list[tuple[int | float, ...]]:
+        return [(v,) for v in self.decode(buf, count)]
+
+
+def _raw(size: int, stride: int | None = None) -> _RawPlan:
+    return _RawPlan(size, size if stride is None else stride)
+
+
+def _raw_dtype(np: Any, size: int) -> Any:
+    return np.dtype(f"<u{size}") if size in _UINT_CODES else np.dtype(f"V{size}")
+
+
+def _flat(buf: Any) -> memoryview:
+    view = memoryview(buf)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+__all__ = [
+    "Btf",
+    "BtfError",
+    "BtfType",
+    "MapDecoder",
+    "Member",
+    "Plan",
+    "char_array",
+    "joint_json",
+    "json_text",
+    "load_btf",
+    "numpy_dtype",
+]

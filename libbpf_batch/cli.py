@@ -27,7 +27,7 @@ from ._output import (
     Writer,
     numeric_fields,
 )
-from ._watch import build_rows, read_numbers, sort_rows, write_json, write_view
+from ._watch import Reader, write_json, write_view
 from .errors import BpfError
 from .maps import UNDELETABLE_TYPES, Map, MapInfo, map_ids
 
@@ -60,7 +60,16 @@ def open_map(kind: str, value: Any) -> Map:
     if kind == "id":
         return Map.from_id(value)
     if kind == "pinned":
-        return Map.open_pinned(value)
+        try:
+            return Map.open_pinned(value)
+        except BpfError as e:
+            fs = filesystem_of(value)
+            if fs is not None and fs != "bpf" and not isinstance(e, FileNotFoundError):
+                raise CliError(
+                    f"pinned {value}: not on a bpffs (it is on {fs}); maps are pinned under "
+                    "a bpf filesystem such as /sys/fs/bpf"
+                ) from None
+            raise
     matches = [info for info in _all_maps() if info.name == value]
     if not matches:
         raise CliError(f"no map named {value!r}")
@@ -68,6 +77,27 @@ def open_map(kind: str, value: Any) -> Map:
         listed = ", ".join(f"id {i.id} ({i.type_name})" for i in matches)
         raise CliError(f"map name {value!r} is ambiguous: {listed}; use 'id N'")
     return Map.from_id(matches[0].id)
+
+
+def filesystem_of(path: str) -> str | None:
+    """The type of the filesystem ``path`` is on (from /proc/self/mounts), or None."""
+    try:
+        real = os.path.realpath(path)
+        with open("/proc/self/mounts", encoding="utf-8") as f:
+            mounts = [line.split()[1:3] for line in f]
+    except OSError:
+        return None
+    best, fstype = "", None
+    for point, kind in mounts:
+        point = point.replace("\\040", " ")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, fstype = point, kind
+    return fstype
+
+
+def _article(word: str) -> str:
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
 
 
 def _all_maps() -> Iterator[MapInfo]:
@@ -82,6 +112,8 @@ def _all_maps() -> Iterator[MapInfo]:
 
 # -- subcommands --------------------------------------------------------------------------
 def _map_from_args(args: argparse.Namespace) -> Map:
+    if args.map_value is None:
+        raise UsageError(f"{args.command}: '{args.map_kind}' needs a VALUE")
     kind, value = parse_spec(args.map_kind, args.map_value)
     return open_map(kind, value)
 
@@ -94,17 +126,37 @@ def _flags_text(flags: int) -> str:
     return f"{flags:#x}"
 
 
-def _info_dict(info: MapInfo) -> dict[str, Any]:
-    return {
+def _fdinfo(fd: int) -> dict[str, str]:
+    """The kernel's /proc fdinfo lines for a map fd (memlock, frozen, ...)."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", encoding="utf-8") as f:
+            return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    except OSError:
+        return {}
+
+
+def _info_dict(m: Map) -> dict[str, Any]:
+    """The map as ``bpftool -j map show`` spells it (btf_id only when the map has BTF;
+    ncpus only on per-CPU maps)."""
+    info = m.info
+    fdinfo = _fdinfo(m.fd)
+    data: dict[str, Any] = {
         "id": info.id,
         "type": info.type_name,
         "name": info.name,
-        "key_size": info.key_size,
-        "value_size": info.value_size,
-        "max_entries": info.max_entries,
         "flags": info.map_flags,
-        "btf_id": info.btf_id,
+        "bytes_key": info.key_size,
+        "bytes_value": info.value_size,
+        "max_entries": info.max_entries,
     }
+    if "memlock" in fdinfo:
+        data["bytes_memlock"] = int(fdinfo["memlock"])
+    data["frozen"] = int(fdinfo.get("frozen", "0"))
+    if info.btf_id:
+        data["btf_id"] = info.btf_id
+    if m.is_percpu:
+        data["ncpus"] = m.ncpus
+    return data
 
 
 def _count_entries(m: Map, progress: Progress) -> int | None:
@@ -127,17 +179,16 @@ def cmd_list(args: argparse.Namespace) -> int:
         except FileNotFoundError:
             continue  # freed since bpf_map_get_next_id
         with m:
-            row = _info_dict(m.info)
+            row = _info_dict(m)
             if args.count:
                 row["entries"] = _count_entries(m, progress)
         rows.append(row)
     progress.done()
     out = sys.stdout
     if args.format == "json":
-        json.dump(rows, out)
-        out.write("\n")
+        _dump_json(rows, args, out)
         return 0
-    cols = ["id", "type", "name", "key_size", "value_size", "max_entries", "flags"]
+    cols = ["id", "type", "name", "bytes_key", "bytes_value", "max_entries", "flags"]
     cols += ["entries"] if args.count else []
     heads = ["ID", "TYPE", "NAME", "KEY", "VALUE", "MAX_ENTRIES", "FLAGS", "ENTRIES"]
     table = [
@@ -150,17 +201,26 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dump_json(data: Any, args: argparse.Namespace, out: Any) -> None:
+    if args.pretty:
+        json.dump(data, out, indent=4)
+    else:
+        json.dump(data, out, separators=(",", ":"))
+    out.write("\n")
+
+
 def cmd_show(args: argparse.Namespace) -> int:
+    if args.map_kind is None:  # bpftool's `map show` with no map: every map
+        return cmd_list(args)
     with _map_from_args(args) as m:
         info = m.info
-        data = _info_dict(info)
-        data.update(
-            btf_key_type_id=info.btf_key_type_id,
-            btf_value_type_id=info.btf_value_type_id,
-            map_extra=info.map_extra,
-            value_stride=m.value_stride,
-            ncpus=m.ncpus,
-        )
+        data = _info_dict(m)
+        if info.btf_id:
+            data.update(
+                btf_key_type_id=info.btf_key_type_id, btf_value_type_id=info.btf_value_type_id
+            )
+        if info.map_extra:
+            data["map_extra"] = info.map_extra
         key_type = value_type = None
         if info.btf_id:
             try:
@@ -168,13 +228,13 @@ def cmd_show(args: argparse.Namespace) -> int:
                 key_type, value_type = decoder.key_type_name, decoder.value_type_name
             except (BpfError, ValueError):
                 pass
-        data.update(key_type=key_type, value_type=value_type)
+        if info.btf_id:
+            data.update(key_type=key_type, value_type=value_type)
         if args.count:
             data["entries"] = _count_entries(m, Progress("counted", args.quiet))
     out = sys.stdout
     if args.format == "json":
-        json.dump(data, out)
-        out.write("\n")
+        _dump_json(data, args, out)
         return 0
     out.write(
         f"{info.id}: {info.type_name}  name {info.name}  flags {_flags_text(info.map_flags)}\n"
@@ -198,11 +258,11 @@ def _dump(args: argparse.Namespace, drain: bool) -> int:
     with _map_from_args(args) as m:
         if drain and m.type in UNDELETABLE_TYPES:
             raise CliError(
-                f"drain: map {m.name!r} (id {m.id}) is a {m.info.type_name}: its "
+                f"drain: map {m.name!r} (id {m.id}) is {_article(m.info.type_name)}: its "
                 "elements can't be deleted; use dump"
             )
         f = _formatter(m, args)
-        writer = Writer(args.format, f, sys.stdout)
+        writer = Writer(args.format, f, sys.stdout, pretty=args.pretty)
         progress = Progress("drained" if drain else "read", args.quiet)
         batches = (
             m.drain(args.batch_size, copy=False)
@@ -214,8 +274,7 @@ def _dump(args: argparse.Namespace, drain: bool) -> int:
             first = next(batches, None)
             writer.start()
             for batch in itertools.chain([first] if first else [], batches):
-                for key, value in batch:
-                    writer.write(key, value)
+                writer.write_batch(batch)
                 progress.add(batch.count)
         finally:
             progress.done()
@@ -231,6 +290,16 @@ def cmd_drain(args: argparse.Namespace) -> int:
     return _dump(args, drain=True)
 
 
+def _check_field(field: str | None, f: EntryFormatter) -> str | None:
+    names = f.number_names()
+    if field is not None and field not in names:
+        raise UsageError(
+            f"--field {field!r}: no such numeric field; the values have "
+            f"{', '.join(names) or 'none'}"
+        )
+    return field
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         raise UsageError("--interval must be positive")
@@ -242,37 +311,33 @@ def cmd_watch(args: argparse.Namespace) -> int:
     with _map_from_args(args) as m:
         if args.drain and m.type in UNDELETABLE_TYPES:
             raise CliError(
-                f"watch --drain: map {m.name!r} (id {m.id}) is a "
-                f"{m.info.type_name}: its elements can't be deleted"
+                f"watch --drain: map {m.name!r} (id {m.id}) is "
+                f"{_article(m.info.type_name)}: its elements can't be deleted"
             )
         f = _formatter(m, args)
-        prev: dict[bytes, dict[str, int | float]] | None = None
+        reader = Reader(
+            m,
+            f,
+            drain=args.drain,
+            batch_size=args.batch_size,
+            sort=args.sort,
+            field=_check_field(args.field, f),
+            top=args.top,
+            rates=iterations != 1,
+        )
         last: float | None = None
         done = 0
         try:
             while True:
                 now = time.monotonic()
-                cur = read_numbers(m, f, args.drain, args.batch_size)
                 dt = None if last is None else now - last
-                rows = build_rows(cur, prev, dt, args.drain)
-                if (
-                    args.field is not None
-                    and rows
-                    and not any(args.field in r["fields"] for r in rows)
-                ):
-                    names = sorted({n for r in rows for n in r["fields"]})
-                    raise UsageError(
-                        f"--field {args.field!r}: no such numeric field; the "
-                        f"values have {', '.join(names) or 'none'}"
-                    )
-                sort_rows(rows, args.sort, args.field)
-                top = rows[: args.top]
+                top, entries = reader.read(dt)
                 if args.format == "json":
-                    write_json(out, m, f, top, len(rows), dt)
+                    write_json(out, m, f, top, entries, dt)
                 else:
-                    write_view(out, m, f, top, len(rows), dt, drained=args.drain, clear=clear)
+                    write_view(out, m, f, top, entries, dt, drained=args.drain, clear=clear)
                 out.flush()
-                prev, last = cur, now
+                last = now
                 done += 1
                 if iterations is not None and done >= iterations:
                     return 0
@@ -333,6 +398,44 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def _spec_args(parser: argparse.ArgumentParser, optional: bool) -> None:
+    nargs = "?" if optional else None
+    parser.add_argument(
+        "map_kind",
+        nargs=nargs,
+        choices=SPEC_KINDS,
+        metavar="{id,pinned,name}",
+        help="how VALUE names the map: 'id N', 'pinned PATH' or 'name NAME'"
+        + (" (none: every map, as bpftool map show)" if optional else ""),
+    )
+    parser.add_argument(
+        "map_value", nargs=nargs, metavar="VALUE", help="the map's id, pin path or name"
+    )
+
+
+def _json_flags(parser: argparse.ArgumentParser, default: Any) -> None:
+    # bpftool's spelling, accepted before the command and after it
+    parser.add_argument(
+        "-j", "--json", action="store_true", default=default, help="JSON output (--format json)"
+    )
+    parser.add_argument(
+        "-p", "--pretty", action="store_true", default=default, help="pretty-printed JSON"
+    )
+
+
+COMMANDS: dict[str, str] = {
+    "list": "every map on the host",
+    "show": "one map's info (no map: every map)",
+    "dump": "every entry, by batch lookup",
+    "drain": "every entry, deleting as it reads",
+    "watch": "a live view of the biggest entries and their rates",
+    "export": "serve maps to Prometheus: one map, or ebpf_exporter-style --config files",
+    "includes": "the -I flag for <libbpf_batch/double_buffer.bpf.h> (clang $(libbpf-batch includes))",
+    "bench": "where the benchmark is (`make bench` in a source checkout)",
+    "help": "help on the command, or on COMMAND",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser for every subcommand (bench, taking any arguments, only points to
     the benchmark)."""
@@ -340,15 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "-q", "--quiet", action="store_true", help="no progress or status on stderr"
     )
+    _json_flags(common, argparse.SUPPRESS)  # SUPPRESS: keeps the value given before the command
 
     map_arg = argparse.ArgumentParser(add_help=False)
-    map_arg.add_argument(
-        "map_kind",
-        choices=SPEC_KINDS,
-        metavar="{id,pinned,name}",
-        help="how VALUE names the map: 'id N', 'pinned PATH' or 'name NAME'",
-    )
-    map_arg.add_argument("map_value", metavar="VALUE", help="the map's id, pin path or name")
+    _spec_args(map_arg, optional=False)
     map_arg.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -361,13 +459,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--key-format",
         type=_struct_format,
         metavar="FMT",
-        help="decode keys with this struct format (e.g. '<I'); wins over BTF",
+        help="decode keys with this struct format (e.g. '<I'); wins over BTF; it must cover "
+        "the whole key (pad with 'x')",
     )
     decode.add_argument(
         "--value-format",
         type=_struct_format,
         metavar="FMT",
-        help="decode values with this struct format (e.g. '<Q', '16s')",
+        help="decode values with this struct format (e.g. '<Q', '16s'); it must cover the "
+        "whole value",
     )
     decode.add_argument("--no-btf", action="store_true", help="don't decode with the map's BTF")
 
@@ -377,25 +477,35 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="maps are named as in bpftool: 'id 42', 'pinned /sys/fs/bpf/x', 'name counts'",
     )
     from . import __version__
+    from ._bindings import libbpf_version_string
 
-    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "-V",
+        "--version",
+        action="version",
+        version=f"%(prog)s {__version__} (libbpf {libbpf_version_string()})",
+    )
+    _json_flags(parser, False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("list", parents=[common], help="every map on the host")
+    def add(name: str, parents: list[argparse.ArgumentParser], **kw: Any) -> Any:
+        return sub.add_parser(
+            name, parents=parents, help=COMMANDS[name], description=COMMANDS[name], **kw
+        )
+
+    p = add("list", [common])
     p.add_argument("--count", action="store_true", help="count each map's entries (reads them)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("show", parents=[common, map_arg], help="one map's info")
+    p = add("show", [common])
+    _spec_args(p, optional=True)
     p.add_argument("--count", action="store_true", help="count the entries (reads them)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_show)
 
-    for name, func, text in (
-        ("dump", cmd_dump, "every entry, by batch lookup"),
-        ("drain", cmd_drain, "every entry, deleting as it reads"),
-    ):
-        p = sub.add_parser(name, parents=[common, map_arg, decode], help=text)
+    for name, func in (("dump", cmd_dump), ("drain", cmd_drain)):
+        p = add(name, [common, map_arg, decode])
         p.add_argument(
             "--format",
             choices=FORMATS,
@@ -404,14 +514,15 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.set_defaults(func=func)
 
-    p = sub.add_parser(
-        "watch",
-        parents=[common, map_arg, decode],
-        help="a live view of the biggest entries and their rates",
-    )
+    p = add("watch", [common, map_arg, decode])
     p.add_argument("--interval", type=float, default=1.0, help="seconds between reads")
     p.add_argument("--top", type=int, default=20, help="entries shown (default 20)")
-    p.add_argument("--sort", choices=("value", "rate", "key"), default="value")
+    p.add_argument(
+        "--sort",
+        choices=("value", "rate", "key"),
+        default="value",
+        help="biggest value or rate first, or by decoded key",
+    )
     p.add_argument("--field", help="the numeric field to sort by (default: the first)")
     p.add_argument(
         "--drain",
@@ -429,11 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .exporter.command import DEFAULT_PREFIX, metric_name
 
-    p = sub.add_parser(
-        "export",
-        parents=[common, decode],
-        help="serve maps to Prometheus: one map, or ebpf_exporter-style --config files",
-    )
+    p = add("export", [common, decode])
     p.add_argument("map_kind", nargs="?", choices=SPEC_KINDS, metavar="{id,pinned,name}")
     p.add_argument("map_value", nargs="?", metavar="VALUE", help="the map's id, pin path or name")
     p.add_argument(
@@ -478,18 +585,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser(
-        "includes",
-        help="the -I flag for <libbpf_batch/double_buffer.bpf.h> (clang ... $(libbpf-batch includes))",
-    )
+    p = add("includes", [])
     p.set_defaults(func=cmd_includes)
 
-    sub.add_parser(
-        "bench",
-        add_help=False,
-        help="where the benchmark is (`make bench` in a source checkout)",
-    )
+    add("bench", [], add_help=False)
+
+    p = add("help", [])
+    p.add_argument("topic", nargs="?", metavar="COMMAND", choices=list(COMMANDS))
+    p.set_defaults(func=lambda args: cmd_help(parser, sub, args))
     return parser
+
+
+def cmd_help(parser: argparse.ArgumentParser, sub: Any, args: argparse.Namespace) -> int:
+    if args.topic in (None, "help"):
+        parser.print_help()
+    elif args.topic == "bench":
+        return cmd_bench(["--help"])
+    else:
+        sub.choices[args.topic].print_help()
+    return 0
 
 
 def _fail(message: str) -> None:
@@ -507,6 +621,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = parser.parse_args(args_list)
         except SystemExit as e:  # argparse has printed usage (2) or help (0)
             return e.code if isinstance(e.code, int) else 2
+        json_flag = getattr(args, "json", False) or getattr(args, "pretty", False)
+        if json_flag and hasattr(args, "format"):
+            args.format = "json"
+        args.pretty = getattr(args, "pretty", False)
         return int(args.func(args))
     except CliError as e:
         _fail(str(e))

@@ -431,7 +431,9 @@ class Map:
         Made per use, not kept: it holds the map (an iterator keeps its map open), and a map
         holding it back would be a reference cycle that delays closing a dropped map.
         """
-        return MapAccess(self._checked_fd, self.layout, self.info.max_entries, self._where)
+        return MapAccess(
+            self._checked_fd, self.layout, self.info.max_entries, self._where, self.decoder
+        )
 
     def decoder(self) -> MapDecoder:
         """This map's BTF decoder, loaded on first use and kept (see :mod:`libbpf_batch.btf`).

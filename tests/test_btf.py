@@ -7,6 +7,7 @@ from typing import Callable
 
 import pytest
 from bpf import fixtures
+from conftest import require_module
 
 from libbpf_batch import Map, MapType
 from libbpf_batch.btf import BTF_MAGIC, Btf, BtfError, load_btf
@@ -85,14 +86,19 @@ def test_every_kind_in_a_struct_decodes(counters: BpfObject) -> None:
     "name, text",
     [
         (b"", ""),
-        (b"abcdefghijkl", "abcdefghijkl"),  # full: no NUL at all
+        (b"abcdefghijk", "abcdefghijk"),  # NUL in the last byte
         (b"ab\0cd", "ab"),  # stops at the first NUL
-        (b"caf\xc3\xa9", "caf\u00e9"),
-        (b"\xff\xfe", "\\xff\\xfe"),
+        # bpftool's rule: text only when printable ASCII up to a NUL, else the ints (char is
+        # signed on BPF), so bytes are never shown as text they are not
+        (b"abcdefghijkl", list(b"abcdefghijkl")),  # full: no NUL at all
+        (b"caf\xc3\xa9", [99, 97, 102, -61, -87, 0, 0, 0, 0, 0, 0, 0]),
+        (b"a\tb", [97, 9, 98] + [0] * 9),
     ],
-    ids=["empty", "full", "nul", "utf8", "undecodable"],
+    ids=["empty", "nul-last", "nul", "full", "utf8", "control"],
 )
-def test_char_arrays_decode_as_c_strings(counters: BpfObject, name: bytes, text: str) -> None:
+def test_char_arrays_decode_as_bpftool_shows_them(
+    counters: BpfObject, name: bytes, text: object
+) -> None:
     with counters.map("samples") as m:
         assert m.decoder().decode_value(sample(name=name))["name"] == text
 
@@ -162,3 +168,83 @@ def test_malformed_btf_is_refused() -> None:
     btf = Btf(_blob(b"", b"\0"))
     with pytest.raises(BtfError, match="no BTF type 7"):
         btf.decode(7, b"")
+
+
+# -- whole batches: Batch.decode(), Batch.to_numpy() and the decoder's batch methods ----------
+def test_batch_decode_uses_the_maps_btf(counters: BpfObject) -> None:
+    with counters.map("samples") as m:
+        m.update(struct.pack("<I", 2), sample())
+        m.update(struct.pack("<I", 3), sample(name=b"x", color=1))
+        got = [pair for batch in m.batches(3) for pair in batch.decode()]
+        zero = m.decoder().decode_value(bytes(SAMPLE.size))
+        assert got == [
+            (0, zero),
+            (1, zero),
+            (2, EXPECTED_SAMPLE),
+            (3, {**EXPECTED_SAMPLE, "name": "x", "color": "GREEN"}),
+        ]
+        assert m.decoder() is m.decoder()  # compiled once per map
+
+
+def test_batch_decode_of_a_percpu_map_gives_a_list_per_cpu(counters: BpfObject) -> None:
+    with counters.map("port_packets") as m:
+        m.update(struct.pack("<H", 80), b"".join(struct.pack("<Q", 7 * c) for c in range(m.ncpus)))
+        (batch,) = list(m.batches())
+        assert batch.decode() == [(80, [7 * c for c in range(m.ncpus)])]
+        assert m.decoder().value_numbers(batch.values, 1) == [(sum(range(m.ncpus)) * 7,)]
+
+
+def test_batch_decode_without_btf_gives_ints_or_bytes(make_map: Callable[..., Map]) -> None:
+    m = make_map(MapType.HASH, 4, 8)
+    m.update(struct.pack("<I", 9), struct.pack("<Q", 2**40))
+    assert [p for b in m.batches() for p in b.decode()] == [(9, 2**40)]
+    wide = make_map(MapType.HASH, 3, 12)
+    wide.update(b"abc", b"x" * 12)
+    assert [p for b in wide.batches() for p in b.decode()] == [(b"abc", b"x" * 12)]
+
+
+def test_to_numpy_takes_field_names_and_offsets_from_btf(counters: BpfObject) -> None:
+    np = require_module("numpy")
+    with counters.map("port_counts") as m:
+        m.update(struct.pack("<HBx", 443, 17), struct.pack("<QQII", 5, 1500, 300, 0))
+        (batch,) = list(m.batches())
+        keys, values = batch.to_numpy()
+        assert keys.dtype.names == ("port", "proto", "pad")
+        assert values.dtype.names == ("packets", "bytes", "last_len", "pad")
+        assert values.dtype.fields["bytes"][1] == 8 and values.dtype.itemsize == 24
+        assert (int(keys["port"][0]), int(keys["proto"][0])) == (443, 17)
+        assert (int(values["packets"][0]), int(values["bytes"][0])) == (5, 1500)
+    with counters.map("samples") as m:
+        m.update(struct.pack("<I", 0), sample())
+        keys, values = next(m.batches(1)).to_numpy()
+        assert keys.dtype == np.dtype("<u4")
+        v = values[0]
+        assert (v["name"], int(v["s16"]), v["color"], float(v["ratio"])) == (
+            b"hello",
+            -300,
+            7,
+            0.25,
+        )
+        assert [int(x) for x in v["pts"]["y"]] == [2, -4] and int(v["u"]["as_u32"]) == 0x04030201
+        # a bitfield's field: the unit from the byte holding its first bit (c: bits 8-13)
+        assert values.dtype["bits"].fields["c"][1] == 1
+        assert int(v["bits"]["c"]) & 0x3F == BITS_C & 0x3F
+
+
+def test_json_values_match_bpftool_spelling(counters: BpfObject) -> None:
+    with counters.map(".bss") as m:
+        (batch,) = list(m.batches())
+        d = m.decoder()
+        assert batch.decode() == [(0, {"total_packets": 0})]  # no key type: the u32 index
+        # Python values stay flat by variable; JSON nests by section as bpftool does
+        assert d.json_values(batch.values, 1) == ['{".bss":[{"total_packets":0}]}']
+        assert d.decode_values(batch.values, 1) == [{"total_packets": 0}]
+
+
+def test_to_numpy_of_a_percpu_btf_map_is_count_by_ncpus(counters: BpfObject) -> None:
+    np = require_module("numpy")
+    with counters.map("port_packets") as m:
+        m.update(struct.pack("<H", 7), b"".join(struct.pack("<Q", 10 + c) for c in range(m.ncpus)))
+        keys, values = next(m.batches()).to_numpy()
+        assert keys.dtype == np.dtype("<u2") and values.shape == (1, m.ncpus)
+        assert values[0].tolist() == [10 + c for c in range(m.ncpus)]

@@ -19,7 +19,7 @@ from typing import Callable
 
 import pytest
 from bpf import fixtures
-from conftest import fill, skip_or_fail
+from conftest import COVERED_TYPES, fill, skip_or_fail, type_id
 
 from libbpf_batch import Map, MapType, cli
 from libbpf_batch.objects import BpfObject
@@ -174,7 +174,7 @@ def test_dump_struct_formats_decode_by_hand(hash_map: tuple[Map, dict[bytes, byt
     assert {e["formatted"]["key"]: e["formatted"]["value"] for e in entries} == {
         struct.unpack("<I", k)[0]: struct.unpack("<Q", v)[0] for k, v in expected.items()
     }
-    # a format shorter than the element decodes its prefix; several fields give a list
+    # several fields give a list
     entries = json.loads(ok("dump", "id", m.id, "--format", "json", "--value-format", "<II"))
     assert sorted(e["formatted"]["value"] for e in entries)[:2] == [[1, 0], [2, 0]]
     table = ok("dump", "id", m.id, "--key-format", "<I", "--value-format", "<Q")
@@ -213,7 +213,7 @@ def test_drain_of_an_array_is_refused(make_map: Callable[..., Map]) -> None:
     m = make_map(MapType.ARRAY, 4, 8, 4, name=unique_name())
     line = one_line_error(run("drain", "id", m.id), 1)
     assert line == (
-        f"libbpf-batch: drain: map {m.name!r} (id {m.id}) is a array: its "
+        f"libbpf-batch: drain: map {m.name!r} (id {m.id}) is an array: its "
         "elements can't be deleted; use dump"
     )
 
@@ -269,15 +269,18 @@ def test_show_names_the_btf_types(counters: BpfObject) -> None:
 def test_list_includes_the_map(hash_map: tuple[Map, dict[bytes, bytes]]) -> None:
     m, _ = hash_map
     rows = {r["id"]: r for r in json.loads(ok("list", "--format", "json"))}
+    memlock = rows[m.id].pop("bytes_memlock")
+    assert isinstance(memlock, int) and memlock > 0
+    # bpftool -j map show's names; btf_id only when there is BTF, ncpus only when per-CPU
     assert rows[m.id] == {
         "id": m.id,
         "type": "hash",
         "name": m.name,
-        "key_size": 4,
-        "value_size": 8,
-        "max_entries": 1024,
         "flags": 0,
-        "btf_id": 0,
+        "bytes_key": 4,
+        "bytes_value": 8,
+        "max_entries": 1024,
+        "frozen": 0,
     }
     table = ok("list").splitlines()
     assert table[0].split() == ["ID", "TYPE", "NAME", "KEY", "VALUE", "MAX_ENTRIES", "FLAGS"]
@@ -422,7 +425,7 @@ def test_main_returns_the_status_in_process(capsys: pytest.CaptureFixture[str], 
     assert capsys.readouterr().err == (
         f"libbpf-batch: bpf_map_get_fd_by_id: id {NO_SUCH_ID}: No such file or directory\n"
     )
-    assert cli.main(["show"]) == 2
+    assert cli.main(["show", "id"]) == 2
     assert cli.main(["--help"]) == 0
 
 
@@ -544,8 +547,10 @@ def test_bench_points_to_the_source_checkout() -> None:
 
 def test_version_and_help() -> None:
     from libbpf_batch import __version__
+    from libbpf_batch._bindings import libbpf_version_string
 
-    assert ok("--version").strip() == f"libbpf-batch {__version__}"
+    expected = f"libbpf-batch {__version__} (libbpf {libbpf_version_string()})"
+    assert ok("--version").strip() == ok("-V").strip() == expected
     out = ok("--help")
     for command in ("list", "show", "dump", "drain", "watch", "export", "bench"):
         assert command in out
@@ -578,3 +583,260 @@ def test_output_to_a_closed_pipe_stops_quietly(make_map: Callable[..., Map]) -> 
     err = dump.stderr.read().decode()
     dump.stderr.close()
     assert dump.wait(10) == 1 and err == ""
+
+
+# -- operator rough edges (issue 8, item 5) --------------------------------------------------
+def _read_pty(master: int) -> bytes:
+    text = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed its end
+            return text
+        if not chunk:
+            return text
+        text += chunk
+
+
+def test_progress_stays_off_a_terminal_that_shows_the_data(
+    hash_map: tuple[Map, dict[bytes, bytes]],
+) -> None:
+    # stdout and stderr on one terminal (a shell's default): progress would mix into the data
+    m, _ = hash_map
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "libbpf_batch", "dump", "id", str(m.id), "--batch-size", "1"],
+            stdout=slave,
+            stderr=slave,
+        )
+        os.close(slave)
+        slave = -1
+        text = _read_pty(master)
+        assert proc.wait(60) == 0
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    lines = text.decode().splitlines()
+    assert "entries" not in text.decode() and len(lines) == 301  # 300 entries + "Found"
+    assert all(line.startswith("key: ") for line in lines[:-1])
+
+
+@pytest.mark.parametrize("formats", [[], ["--key-format", "<I"]], ids=["raw", "key-format"])
+def test_watch_sort_key_orders_by_the_decoded_key(
+    make_map: Callable[..., Map], formats: list[str]
+) -> None:
+    m = make_map(MapType.HASH, 4, 8, 64)
+    for k in (256, 2, 1, 65536):  # little-endian bytes sort 65536 and 256 before 1 and 2
+        m.update(struct.pack("<I", k), struct.pack("<Q", k))
+    (snap,) = [
+        json.loads(line)
+        for line in ok(
+            "watch", "id", m.id, "--once", "--sort", "key", "--format", "json", *formats
+        ).splitlines()
+    ]
+    assert [r["fields"]["value"] for r in snap["top"]] == [1, 2, 256, 65536]
+
+
+def test_watch_keeps_enum_fields_as_numbers(counters: BpfObject) -> None:
+    from test_btf import sample
+
+    with counters.map("samples") as m:
+        m.update(struct.pack("<I", 1), sample(color=7))  # BLUE
+        (snap,) = [
+            json.loads(line)
+            for line in ok(
+                "watch", "id", m.id, "--once", "--format", "json", "--field", "color"
+            ).splitlines()
+        ]
+        top = snap["top"][0]
+        assert top["fields"]["color"] == 7 and top["fields"]["bits.c"] == -7
+        assert "name" not in top["fields"]  # a char array is text, not a number
+
+
+def test_watch_shows_inner_map_ids_as_ids(make_map: Callable[..., Map]) -> None:
+    inner = [make_map(MapType.HASH, 4, 4, 1) for _ in range(3)]
+    m = make_map(MapType.HASH_OF_MAPS, 4, 4, 8, inner_map=inner[0])
+    for i, im in enumerate(inner):
+        m.update(struct.pack("<I", i), im.fd)
+    (snap,) = [
+        json.loads(line)
+        for line in ok(
+            "watch", "id", m.id, "--once", "--format", "json", "--sort", "key", "--key-format", "<I"
+        ).splitlines()
+    ]
+    assert [(r["key_text"], r["inner_map_id"], r["fields"]) for r in snap["top"]] == [
+        (str(i), im.id, {}) for i, im in enumerate(inner)
+    ]
+    table = ok("watch", "id", m.id, "--once", "--sort", "key", "--key-format", "<I").splitlines()
+    assert table[1].split() == ["KEY", "INNER_MAP_ID"]
+    assert table[2].split() == ["0", str(inner[0].id)]  # no thousands separator, no rate
+
+
+def test_watch_memory_holds_only_the_top_rows(hash_map: tuple[Map, dict[bytes, bytes]]) -> None:
+    from libbpf_batch._output import EntryFormatter
+    from libbpf_batch._watch import Reader
+
+    m, _ = hash_map
+    f = EntryFormatter(m)
+    once = Reader(m, f, drain=False, batch_size=7, sort="value", field=None, top=3, rates=False)
+    rows, entries = once.read(None)
+    assert entries == 300 and [r["fields"]["value"] for r in rows] == [300, 299, 298]
+    assert once.prev == {}  # --once keeps nothing between reads
+    again = Reader(m, f, drain=False, batch_size=7, sort="rate", field=None, top=2, rates=True)
+    again.read(None)
+    assert len(again.prev) == 300  # one raw value per key: what the next rates need
+    m.update(struct.pack("<I", 5), struct.pack("<Q", 1006))  # +1000 over 0.5 s
+    rows, _ = again.read(0.5)
+    assert rows[0]["fields"]["value"] == 1006 and rows[0]["rates"]["value"] == 2000.0
+    assert rows[1]["rates"]["value"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "option, fmt, what, covers",
+    [("--key-format", "<H", "key", 2), ("--value-format", "<I", "value", 4)],
+)
+def test_a_format_shorter_than_the_element_is_refused(
+    hash_map: tuple[Map, dict[bytes, bytes]], option: str, fmt: str, what: str, covers: int
+) -> None:
+    m, _ = hash_map
+    size = 4 if what == "key" else 8
+    line = one_line_error(run("dump", "id", m.id, option, fmt), 2)
+    assert line == (
+        f"libbpf-batch: {option} {fmt!r} covers {covers} bytes, the map's {what}s have {size} "
+        f"(pad with 'x' to skip bytes: {fmt + f'{size - covers}x'!r})"
+    )
+
+
+def test_show_without_a_map_lists_every_map(hash_map: tuple[Map, dict[bytes, bytes]]) -> None:
+    m, _ = hash_map
+    shown = {r["id"]: r for r in json.loads(ok("show", "--format", "json"))}
+    assert shown[m.id]["name"] == m.name and shown[m.id]["bytes_value"] == 8
+    assert any(line.split()[:3] == [str(m.id), "hash", m.name] for line in ok("show").splitlines())
+
+
+def test_bpftool_json_flags(hash_map: tuple[Map, dict[bytes, bytes]]) -> None:
+    m, expected = hash_map
+    compact = ok("-j", "show", "id", m.id)
+    assert compact.count("\n") == 1 and json.loads(compact)["bytes_key"] == 4
+    assert json.loads(ok("show", "id", m.id, "-j")) == json.loads(compact)
+    pretty = ok("-p", "show", "id", m.id)
+    assert pretty.count("\n") > 5 and json.loads(pretty) == json.loads(compact)
+    for args in (("-j", "dump", "id", m.id), ("dump", "id", m.id, "-p", "--batch-size", 7)):
+        assert entries_from_json(json.loads(ok(*args)), m) == expected
+
+
+def test_help_for_each_command_describes_it() -> None:
+    assert "every entry, by batch lookup" in ok("dump", "--help")
+    assert ok("help", "dump") == ok("dump", "--help")
+    assert ok("help") == ok("--help")
+    assert "serve maps to Prometheus" in ok("help", "export")
+
+
+def test_a_pin_path_outside_a_bpffs_says_so(tmp_path: Path, bpf: None) -> None:
+    path = tmp_path / "not-a-pin"
+    path.write_text("")
+    fs = cli.filesystem_of(str(path))
+    assert fs is not None and fs != "bpf"
+    line = one_line_error(run("show", "pinned", path), 1)
+    assert line == (
+        f"libbpf-batch: pinned {path}: not on a bpffs (it is on {fs}); maps are pinned "
+        "under a bpf filesystem such as /sys/fs/bpf"
+    )
+
+
+# -- bpftool compatibility: the same JSON as bpftool for the same map -------------------------
+def _bpftool() -> str:
+    tool = shutil.which("bpftool")
+    if tool is None:
+        skip_or_fail("bpftool is not installed (apt-get install bpftool)")
+    assert tool is not None
+    return tool
+
+
+def _bpftool_dump(map_id: int) -> list[dict[str, object]]:
+    proc = subprocess.run(
+        [_bpftool(), "-j", "map", "dump", "id", str(map_id)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    entries: list[dict[str, object]] = json.loads(proc.stdout)
+    return entries
+
+
+def _by_key(entries: list[dict[str, object]]) -> dict[str, object]:
+    return {json.dumps(e["key"]): e for e in entries}
+
+
+@pytest.mark.parametrize("name", ["port_counts", "port_packets", ".bss", "syscalls"])
+def test_dump_json_matches_bpftool(counters: BpfObject, name: str) -> None:
+    with counters.map(name) as m:
+        if name == "port_counts":
+            m.update(struct.pack("<HBx", 5353, 17), struct.pack("<QQII", 3, 99, 33, 0))
+        elif name == "port_packets":
+            m.update(struct.pack("<H", 53), b"".join(struct.pack("<Q", c) for c in range(m.ncpus)))
+        elif name == "syscalls":  # comm: printable and NUL-terminated text, and not
+            m.update(struct.pack("<II", 1, 2), struct.pack("<Q16s", 7, b"bash"))
+            m.update(struct.pack("<II", 3, 4), struct.pack("<Q16s", 8, b"\xff" * 16))
+        else:
+            m.update(bytes(4), struct.pack("<Q", 12345))
+        ours = json.loads(ok("dump", "id", m.id, "--format", "json"))
+        assert _by_key(ours) == _by_key(_bpftool_dump(m.id))
+
+
+def test_a_float_in_a_struct_stays_valid_json(counters: BpfObject) -> None:
+    from test_btf import SAMPLE, sample
+
+    with counters.map("samples") as m:
+        raw = bytearray(sample())
+        struct.pack_into("<d", raw, SAMPLE.size - 16, float("nan"))
+        m.update(struct.pack("<I", 0), bytes(raw))
+        m.update(struct.pack("<I", 1), sample())
+        entries = json.loads(ok("dump", "id", m.id, "--format", "json"))
+        ratios = [e["formatted"]["value"]["ratio"] for e in entries[:2]]
+        assert ratios == ["nan", 0.25]  # bpftool writes a bare nan here: not JSON
+
+
+def test_watch_sums_percpu_struct_format_values(
+    percpu_map: tuple[Map, dict[bytes, bytes]],
+) -> None:
+    m, _ = percpu_map  # key k holds k * 100 + cpu on each CPU
+    (snap,) = [
+        json.loads(line)
+        for line in ok(
+            "watch", "id", m.id, "--once", "--format", "json", "--top", 1, "--value-format", "<I"
+        ).splitlines()
+    ]
+    assert snap["top"][0]["fields"] == {"value": sum(19 * 100 + c for c in range(m.ncpus))}
+
+
+def test_csv_quotes_decoded_json_with_quotes_and_commas(counters: BpfObject) -> None:
+    with counters.map("syscalls") as m:
+        comms = {1: b'say "hi", ok', 2: b"plain", 3: b"\x01\x02"}
+        for pid, comm in comms.items():
+            m.update(struct.pack("<II", pid, 7), struct.pack("<Q16s", pid * 10, comm))
+        text = ok("dump", "id", m.id, "--format", "csv", "--batch-size", 2)
+        lines = text.splitlines()
+        assert lines[0] == "key,value,key_decoded,value_decoded" and len(lines) == 4
+        rows = list(csv.DictReader(io.StringIO(text)))
+        got = {json.loads(r["key_decoded"])["pid"]: json.loads(r["value_decoded"]) for r in rows}
+        assert got == {
+            1: {"count": 10, "comm": 'say "hi", ok'},
+            2: {"count": 20, "comm": "plain"},
+            3: {"count": 30, "comm": [1, 2] + [0] * 14},
+        }
+        assert {bytes.fromhex(r["key"]) for r in rows} == {
+            struct.pack("<II", pid, 7) for pid in comms
+        }
+
+
+@pytest.mark.parametrize("map_type", COVERED_TYPES, ids=type_id)
+def test_dump_json_without_btf_matches_bpftool(
+    make_filled: Callable[..., tuple[Map, dict[bytes, bytes]]], map_type: MapType
+) -> None:
+    m, _ = make_filled(map_type, 40)
+    ours = json.loads(ok("dump", "id", m.id, "--format", "json", "--batch-size", 7))
+    assert len(ours) == 40 and _by_key(ours) == _by_key(_bpftool_dump(m.id))

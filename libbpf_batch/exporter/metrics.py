@@ -92,7 +92,7 @@ class MapMetric:
             from ..maps import possible_cpus
 
             self.ncpus = possible_cpus()
-        slot = (m.value_size + 7) & ~7 if m.is_percpu else m.value_size
+        slot = m.layout.slot
         # configured labels read the key themselves: its BTF is not needed
         key_btf_wanted = use_btf and spec.labels is None
         self.keys, key_btf = read_rows(m, "key", m.key_size, key_format, key_btf_wanted)
