@@ -62,8 +62,14 @@ bench: build  ## the benchmark (bench/), with its JSON report in bench-results.j
 
 wheels: venv  ## manylinux2014 abi3 wheels, x86_64 and aarch64, built with zig cc, in dist/
 	rm -f dist/libbpf_batch-*.whl
-	PYTHON=$(PY) vendor/manylinux.sh x86_64 dist
-	PYTHON=$(PY) vendor/manylinux.sh aarch64 dist
+	mkdir -p build; for c in libbpf elfutils zlib; do vendor/fetch.sh $$c build >/dev/null 2>build/fetch.log \
+	    || { cat build/fetch.log >&2; exit 1; }; done
+	@# Both architectures' libraries at once (configure runs serially), then the two wheels.
+	PYTHON=$(PY) vendor/manylinux.sh libs x86_64 & x=$$!; \
+	PYTHON=$(PY) vendor/manylinux.sh libs aarch64 & a=$$!; \
+	wait $$x; rx=$$?; wait $$a; ra=$$?; [ $$rx = 0 ] && [ $$ra = 0 ]
+	PYTHON=$(PY) vendor/manylinux.sh wheel x86_64 dist
+	PYTHON=$(PY) vendor/manylinux.sh wheel aarch64 dist
 
 wheel: wheels
 

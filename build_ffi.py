@@ -331,7 +331,9 @@ def system_libbpf() -> dict[str, list[str]]:
             ) from None
 
     if pkg("--exists").returncode != 0:
-        raise SystemExit(no_source_message("LIBBPF_BATCH_USE_SYSTEM=1, but pkg-config finds no libbpf"))
+        raise SystemExit(
+            no_source_message("LIBBPF_BATCH_USE_SYSTEM=1, but pkg-config finds no libbpf")
+        )
     if pkg(f"--atleast-version={MIN_SYSTEM_LIBBPF}").returncode != 0:
         found = pkg("--modversion").stdout.strip()
         raise SystemExit(

