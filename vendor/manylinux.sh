@@ -60,7 +60,7 @@ unpack() {  # $1: component; prints the unpacked tree
 }
 
 # Bump when the recipe below changes, so build/ gets rebuilt.
-recipe=1
+recipe=2
 pins=$(cat "$root"/vendor/{zlib,elfutils,libbpf}/SHA256; echo "recipe $recipe")
 if [ "$(cat "$prefix/PINS" 2>/dev/null)" != "$pins" ]; then
     rm -rf "$prefix"
@@ -76,8 +76,10 @@ if [ "$(cat "$prefix/PINS" 2>/dev/null)" != "$pins" ]; then
     step "libelf (elfutils $(cat "$root/vendor/elfutils/VERSION"))"
     src=$(unpack elfutils)
     # lld wants --undefined-version for libelf.map's symbols of versions it doesn't define;
-    # -s strips the debug info the wheel doesn't need.
+    # -s strips the debug info the wheel doesn't need. The demangler probe links -lstdc++, for
+    # which zig would compile libc++ from source (minutes): only elfutils' tools demangle.
     (cd "$src" && run ./configure --host="$arch-linux-gnu" --build="$(uname -m)-linux-gnu" \
+        ac_cv_lib_stdcpp___cxa_demangle=no \
         --prefix="$prefix" CC="$cc" AR="$work/bin/ar" RANLIB="$work/bin/ranlib" \
         CFLAGS="-O2 -fPIC" CPPFLAGS="-I$prefix/include" \
         LDFLAGS="-L$prefix/lib -Wl,--undefined-version -Wl,-s" \
