@@ -231,14 +231,15 @@ def find_tarball() -> Path:
     """
     _, sha, name = read_pin()
     given = os.environ.get("LIBBPF_TARBALL")
-    if given:
-        if not Path(given).is_file():
-            raise SystemExit(no_source_message(f"LIBBPF_TARBALL={given} is not a file"))
-        check_tarball(Path(given), sha)
-        return Path(given)
-    for candidate in (VENDOR / name, BUILD / name):
+    candidates = [Path(given)] if given else [VENDOR / name, BUILD / name]
+    if given and not candidates[0].is_file():
+        raise SystemExit(no_source_message(f"LIBBPF_TARBALL={given} is not a file"))
+    for candidate in candidates:
         if candidate.is_file():
-            check_tarball(candidate, sha)
+            try:
+                check_tarball(candidate, sha)
+            except RuntimeError as e:
+                raise SystemExit(no_source_message(str(e))) from None
             return candidate
     proc = subprocess.run(
         ["bash", str(VENDOR.parent / "fetch.sh"), "libbpf", str(BUILD)],

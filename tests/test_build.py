@@ -235,3 +235,17 @@ def test_system_build_without_a_libbpf_names_the_ways_out(
         build_ffi.system_libbpf()
     assert "pkg-config finds no libbpf" in str(info.value.code)
     assert "LIBBPF_TARBALL=" in str(info.value.code)
+
+
+def test_a_libbpf_tarball_with_the_wrong_sha256_exits_with_the_ways_out(
+    build_ffi: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    tarball = tmp_path / "libbpf-1.1.2.tar.gz"
+    tarball.write_bytes(b"not libbpf\n")
+    monkeypatch.setenv("LIBBPF_TARBALL", str(tarball))
+    with pytest.raises(SystemExit) as info:
+        build_ffi.find_tarball()
+    message = str(info.value.code)
+    assert "sha256 mismatch" in message
+    assert hashlib.sha256(b"not libbpf\n").hexdigest() in message
+    assert "LIBBPF_BATCH_USE_SYSTEM=1" in message
