@@ -176,14 +176,12 @@ def test_a_missing_libbpf_tarball_exits_with_the_ways_out(
 def test_a_renamed_libbpf_tarball_is_used_when_its_sha256_matches(
     build_ffi: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    _, _, name = build_ffi.read_pin()
-    pinned = next(
-        (p for p in (ROOT / "build" / name, ROOT / "vendor" / "libbpf" / name) if p.is_file()), None
-    )
-    if pinned is None:
-        skip_or_fail(f"{name} has not been fetched (run `make build`)")
+    # Any name (upstream's archive is libbpf-1.1.2.tar.gz): only the sha256 must be the pin's.
     renamed = tmp_path / "libbpf-upstream.tar.gz"
-    shutil.copyfile(pinned, renamed)
+    renamed.write_bytes(b"stands in for libbpf\n")
+    sha = hashlib.sha256(b"stands in for libbpf\n").hexdigest()
+    pin = ("1.1.2", sha, "libbpf_1.1.2.orig.tar.gz")
+    monkeypatch.setattr(build_ffi, "read_pin", lambda vendor=None: pin)
     monkeypatch.setenv("LIBBPF_TARBALL", str(renamed))
     assert build_ffi.find_tarball() == renamed
 
