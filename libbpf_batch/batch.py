@@ -69,27 +69,29 @@ class MapAccess:
 
 
 class Hold:
-    """The map's fd, duplicated for one iterator or call, closed by close() or when collected.
+    """The map's fd, duplicated for one iterator or call; its owner closes it (close()).
 
     A close() of the Map from another thread then can't make the iterator touch another map
-    that reused the fd number, and elements it must put back still have their map. Closing is
-    C (a cffi destructor), never a __del__ that a signal handler could interrupt.
+    that reused the fd number, and elements it must put back still have their map. Not closed
+    when collected: in a reference cycle that would run before the generator that owns it
+    puts elements back; the owning generator's ``finally`` closes it, in C (lbb_close_fd), so
+    no signal handler can raise between deciding to close and closing.
     """
 
-    __slots__ = ("_cell",)
+    __slots__ = ("cell",)
 
     def __init__(self, access: MapAccess, op: str) -> None:
         fd = access.dup(op) if access.dup is not None else os.dup(access.fd(op))
-        self._cell = ffi.gc(ffi.new("int *", fd), _bindings.lbb_close_fd)
+        self.cell = ffi.new("int *", fd)
 
     @property
     def fd(self) -> int:
         """The duplicate (-1 once closed)."""
-        fd: int = self._cell[0]
+        fd: int = self.cell[0]
         return fd
 
     def close(self) -> None:
-        _bindings.lbb_close_fd(self._cell)
+        _bindings.lbb_close_fd(self.cell)
 
 
 class Batch:
@@ -446,7 +448,7 @@ def put_back(access: MapAccess, batch: Batch, start: int = 0, *, hold: Hold | No
         return restored
     finally:
         if own:
-            h.close()
+            _bindings.lbb_close_fd(h.cell)
 
 
 def one_batch(
@@ -601,7 +603,7 @@ def _walk(
             in_batch, out = cursors[out], 1 - out
     finally:
         if own:
-            h.close()
+            _bindings.lbb_close_fd(h.cell)
 
 
 def _batch_op_missing(e: BpfError, flagged: bool) -> bool:
@@ -625,7 +627,7 @@ def per_key_batches(
     try:
         yield from _per_key_walk(access, hold.fd, delete, batch_size, copy)
     finally:
-        hold.close()
+        _bindings.lbb_close_fd(hold.cell)
 
 
 def _per_key_walk(

@@ -27,7 +27,15 @@ from ._cdata import (
     read_map_info,
 )
 from ._libbpf import ffi, lib
-from .batch import Batch, Hold, MapAccess, lookup_batches, one_batch, put_back
+from .batch import (
+    Batch,
+    Hold,
+    MapAccess,
+    batch_capacity,
+    lookup_batches,
+    one_batch,
+    put_back,
+)
 from .btf import MapDecoder
 from .errors import (
     ENOTSUPP,
@@ -790,27 +798,25 @@ class Map:
         self._checked_fd(op)
         self._check_keyed(op)
         self._check_deletable(op)
-        access = self.access
-        hold = Hold(access, op)  # the put-back needs this map even if it is closed meanwhile
-        try:
-            batches = lookup_batches(
-                access, delete=True, batch_size=batch_size, copy=False, hold=hold
-            )
-        except BaseException:
-            hold.close()
-            raise
-        return self._take_pairs(access, hold, batches)
+        # checked now, not at the first next(), as drain() does
+        batch_capacity(batch_size, self.max_entries, f"{op}: {self._where}")
+        return self._take_pairs(self.access, batch_size)
 
     @staticmethod
     def _take_pairs(
-        access: MapAccess, hold: Hold, batches: Iterator[Batch]
+        access: MapAccess, batch_size: int | None
     ) -> Generator[tuple[bytes, bytes], None, None]:
         # `yield from` over the batch's C-level iterator: no Python frame per element and no
         # point where a signal can be raised between taking a pair and yielding it. Whatever
         # stops us, the pairs not yet yielded are the iterator's length_hint.
+        op = "bpf_map_lookup_and_delete_batch"
+        hold = Hold(access, op)  # the put-back needs this map even if it is closed meanwhile
         batch = pairs = None
         taker = os.getpid()
         try:
+            batches = lookup_batches(
+                access, delete=True, batch_size=batch_size, copy=False, hold=hold
+            )
             for batch in batches:
                 pairs = None
                 taker = os.getpid()
