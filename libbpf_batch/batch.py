@@ -477,6 +477,8 @@ def one_batch(
             raise TypeError(
                 f"{where}: cursor must be bytes-like (a Batch.cursor), not {type(cursor).__name__}"
             ) from None
+        except (BufferError, ValueError) as e:  # strided memoryviews, non-contiguous arrays
+            raise ValueError(f"{where}: cursor must be a contiguous buffer ({e})") from None
         if len(c) != len(out):
             raise ValueError(
                 f"{where}: cursor is {len(c)} bytes, expected {len(out)} "

@@ -231,8 +231,28 @@ def _pin_path(path: str | bytes, where: str) -> bytes:
     return raw
 
 
-def _pin_hint(e: BpfError) -> str:
-    # The kernel answers EPERM for a path outside a bpffs, which reads like a capability problem.
+BPF_FS_MAGIC = 0xCAFE4A11  # include/uapi/linux/magic.h: statfs().f_type of a bpffs
+
+
+def _fs_magic(path: bytes) -> int | None:
+    """statfs(path).f_type (of the parent while ``path`` does not exist); None if unknown."""
+    import ctypes  # only on this error path
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(512)  # struct statfs: f_type (a C long) first
+    for candidate in (path, os.path.dirname(path) or b"."):
+        if libc.statfs(candidate, buf) == 0:
+            return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+    return None
+
+
+def _pin_hint(e: BpfError, path: bytes) -> str:
+    # Outside a bpffs the kernel answers EACCES (bpf_obj_get) or EPERM (bpf_obj_pin), which
+    # read like a permission problem: say what is wrong when statfs() can tell.
+    if e.errno in (errno.EPERM, errno.EACCES):
+        magic = _fs_magic(path)
+        if magic is not None and magic != BPF_FS_MAGIC:
+            return "(the path is not on a bpffs; mount one: mount -t bpf bpf DIR)"
     if e.errno == errno.EPERM:
         return "(root or CAP_BPF needed, and the path must be on a bpffs: mount -t bpf bpf DIR)"
     return ""
@@ -329,7 +349,7 @@ class Map:
         try:
             fd = _bindings.bpf_obj_get(raw)
         except BpfError as e:
-            raise e.at(repr(where), _pin_hint(e)) from None
+            raise e.at(repr(where), _pin_hint(e, raw)) from None
         try:
             _require_map_fd(fd, "open_pinned", repr(where))
         except BaseException:
@@ -350,7 +370,8 @@ class Map:
         try:
             _bindings.bpf_obj_pin(fd, raw)
         except BpfError as e:
-            raise e.at(self._where, f"path {os.fspath(path)!r} {_pin_hint(e)}".rstrip()) from None
+            hint = _pin_hint(e, raw)
+            raise e.at(self._where, f"path {os.fspath(path)!r} {hint}".rstrip()) from None
 
     # -- lifecycle ---------------------------------------------------------------------
     def close(self) -> None:
