@@ -161,6 +161,7 @@ int lbb_per_key_batch(int fd, void *key, void *next_key, int *state, int delete_
                       char *keys, char *values, __u32 key_size, __u32 value_stride,
                       __u32 max_count, __u32 *count);
 void lbb_close_fd(int *fd);
+long lbb_write(int fd, const char *buf, size_t len, long *written);
 """
 
 SOURCE = r"""
@@ -216,6 +217,16 @@ void lbb_close_fd(int *fd)
         close(*fd);
         *fd = -1;
     }
+}
+
+/* One write(2), its result (bytes, or -errno) stored in *written before Python runs again:
+   a signal handler raising right after can't hide how much went out. No retry on EINTR, so
+   Ctrl-C still interrupts a write to a reader that stopped reading. */
+long lbb_write(int fd, const char *buf, size_t len, long *written)
+{
+    ssize_t n = write(fd, buf, len);
+    *written = n < 0 ? -errno : (long)n;
+    return *written;
 }
 
 /* One batch of the per-key walk, for maps without batch lookup(-and-delete): what the batch

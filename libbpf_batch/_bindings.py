@@ -179,6 +179,7 @@ def libbpf_version_string() -> str:
 lbb_put_back = lib.lbb_put_back
 lbb_per_key_batch = lib.lbb_per_key_batch
 lbb_close_fd = lib.lbb_close_fd  # lbb_close_fd(int *fd): closes *fd once, sets it to -1
+lbb_write = lib.lbb_write  # lbb_write(fd, buf, len, long *written): one write(2), kept in *written
 
 
 def _pointer(ptr: CData, op: str) -> CData:
@@ -287,6 +288,7 @@ __all__ = [
     "lbb_close_fd",
     "lbb_per_key_batch",
     "lbb_put_back",
+    "lbb_write",
     "libbpf_num_possible_cpus",
     "libbpf_version_string",
 ]

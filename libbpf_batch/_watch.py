@@ -7,15 +7,29 @@ import time
 from typing import IO, Any
 
 from ._output import EntryFormatter, hex_list
+from .batch import Batch
 from .maps import Map
 
 
 def read_numbers(
-    m: Map, f: EntryFormatter, drain: bool, batch_size: int | None
+    m: Map,
+    f: EntryFormatter,
+    drain: bool,
+    batch_size: int | None,
+    taken: list[Batch] | None = None,
 ) -> dict[bytes, dict[str, int | float]]:
-    """Each key's numeric fields, read (or drained) with batch lookups."""
-    batches = m.drain(batch_size, copy=False) if drain else m.batches(batch_size, copy=False)
-    return {bytes(k): f.numbers(v) for batch in batches for k, v in batch}
+    """Each key's numeric fields, read (or drained) with batch lookups.
+
+    A drain appends each batch to ``taken`` (copies) the moment it has it, so a caller that
+    is stopped before showing them can put them back.
+    """
+    if not drain:
+        batches = m.batches(batch_size, copy=False)
+        return {bytes(k): f.numbers(v) for batch in batches for k, v in batch}
+    keep = [] if taken is None else taken
+    for batch in m.drain(batch_size):
+        keep.append(batch)  # one C call: kept, or not yet handed over
+    return {bytes(k): f.numbers(v) for batch in keep for k, v in batch}
 
 
 def build_rows(

@@ -8,15 +8,21 @@ error; 130 when interrupted (except watch and export, where Ctrl-C is the way ou
 from __future__ import annotations
 
 import argparse
+import errno
 import itertools
 import json
+import math
 import os
+import signal
 import struct
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from . import _bindings
+from ._libbpf import ffi
 from ._output import (
     FORMATS,
     PROG,
@@ -28,6 +34,7 @@ from ._output import (
     numeric_fields,
 )
 from ._watch import build_rows, read_numbers, sort_rows, write_json, write_view
+from .batch import Batch, put_back
 from .errors import BpfError
 from .maps import KEYLESS_TYPES, UNDELETABLE_TYPES, Map, MapInfo, map_ids
 
@@ -202,6 +209,40 @@ def _require_keys(m: Map, command: str) -> None:
         )
 
 
+class _Sent:
+    """stdout for drain: a batch's text goes out with write(2) counted to the byte, so the
+    entries a closed pipe or a signal kept from the reader go back into the map."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.parts, self.size, self.ends, self.sent = fd, [b""], 0, [0], 0
+        self.written = ffi.new("long *")
+
+    def write(self, text: str) -> int:
+        data = text.encode()
+        self.parts.append(data)
+        self.size += len(data)
+        return len(text)
+
+    def entry_done(self) -> None:
+        self.ends.append(self.size)
+
+    def flush(self) -> None:
+        """Write what is pending; afterwards (or on any exception) ``sent`` entries went out."""
+        data = b"".join(self.parts)
+        self.parts, self.sent, done = [data], 0, 0
+        buf = ffi.from_buffer(data)
+        while done < len(data):
+            self.written[0] = 0
+            try:
+                n = _bindings.lbb_write(self.fd, buf + done, len(data) - done, self.written)
+            finally:
+                done += max(self.written[0], 0)
+                self.sent = sum(end <= done for end in self.ends[1:])
+            if n < 0 and -n != errno.EINTR:
+                raise OSError(-n, os.strerror(-n))
+        self.parts, self.size, self.ends, self.sent = [], 0, [0], 0
+
+
 def _dump(args: argparse.Namespace, drain: bool) -> int:
     with _map_from_args(args) as m:
         _require_keys(m, "drain" if drain else "dump")
@@ -211,13 +252,12 @@ def _dump(args: argparse.Namespace, drain: bool) -> int:
                 "elements can't be deleted; use dump"
             )
         f = _formatter(m, args)
-        writer = Writer(args.format, f, sys.stdout)
+        sys.stdout.flush()
+        out = _Sent(sys.stdout.fileno()) if drain else sys.stdout
+        writer = Writer(args.format, f, out)  # type: ignore[arg-type]
         progress = Progress("drained" if drain else "read", args.quiet)
-        batches = (
-            m.drain(args.batch_size, copy=False)
-            if drain
-            else m.batches(args.batch_size, copy=False)
-        )
+        batches = (m.drain if drain else m.batches)(args.batch_size, copy=False)
+        batch: Batch | None = None
         try:
             # the first batch before any output: a map that can't be read prints nothing
             first = next(batches, None)
@@ -225,10 +265,19 @@ def _dump(args: argparse.Namespace, drain: bool) -> int:
             for batch in itertools.chain([first] if first else [], batches):
                 for key, value in batch:
                     writer.write(key, value)
+                    if drain:
+                        out.entry_done()  # type: ignore[union-attr]
+                out.flush()  # a drained batch is delivered once written out
                 progress.add(batch.count)
+                batch = None
+            writer.finish()
+        except BaseException:
+            if batch is not None and drain:  # deleted, not (all) written: the rest goes back
+                returned = put_back(m.access, batch, out.sent)  # type: ignore[union-attr]
+                _fail(f"drain: {returned} entries not written were returned to the map")
+            raise
         finally:
             progress.done()
-        writer.finish()
     return 0
 
 
@@ -240,9 +289,17 @@ def cmd_drain(args: argparse.Namespace) -> int:
     return _dump(args, drain=True)
 
 
+class _Terminated(BaseException):
+    """SIGTERM during watch --drain: unwinds like Ctrl-C, so drained entries go back."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
-    if args.interval <= 0:
-        raise UsageError("--interval must be positive")
+    if not (math.isfinite(args.interval) and 0 < args.interval <= 86400):
+        raise UsageError(f"--interval must be seconds in (0, 86400], got {args.interval!r}")
     if args.top <= 0:
         raise UsageError("--top must be positive")
     iterations = 1 if args.once else args.count
@@ -259,10 +316,15 @@ def cmd_watch(args: argparse.Namespace) -> int:
         prev: dict[bytes, dict[str, int | float]] | None = None
         last: float | None = None
         done = 0
+        taken: list[Batch] = []  # drained this pass and not yet shown: put back if stopped
+        on_term = signal.getsignal(signal.SIGTERM)
+        if args.drain and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             while True:
                 now = time.monotonic()
-                cur = read_numbers(m, f, args.drain, args.batch_size)
+                taken = []
+                cur = read_numbers(m, f, args.drain, args.batch_size, taken)
                 dt = None if last is None else now - last
                 rows = build_rows(cur, prev, dt, args.drain)
                 if (
@@ -282,13 +344,20 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 else:
                     write_view(out, m, f, top, len(rows), dt, drained=args.drain, clear=clear)
                 out.flush()
+                taken = []  # shown
                 prev, last = cur, now
                 done += 1
                 if iterations is not None and done >= iterations:
                     return 0
                 time.sleep(max(0.0, args.interval - (time.monotonic() - now)))
-        except KeyboardInterrupt:
-            return 0
+        except (KeyboardInterrupt, _Terminated) as e:
+            if taken:
+                returned = sum(put_back(m.access, b) for b in taken)
+                _fail(f"watch: {returned} drained entries not shown were returned to the map")
+            return 0 if isinstance(e, KeyboardInterrupt) else 128 + signal.SIGTERM
+        finally:
+            if args.drain and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, on_term)
 
 
 # -- export -------------------------------------------------------------------------------
@@ -511,11 +580,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(str(e.strerror or e))
         return 1
     except BrokenPipeError:
-        # The reader went away (e.g. `| head`): stop quietly, as cat does.
+        # The reader went away (e.g. `| head`): stop as cat does, with SIGPIPE's status.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-        return 1
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
         return 130
 

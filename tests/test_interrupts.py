@@ -371,3 +371,87 @@ def test_a_forked_child_never_puts_back_what_its_parent_delivers(make_map: Any) 
     rest = dict(it)
     assert contents(m) == {}
     assert {**first, **rest} == expected and len(first) + len(rest) == len(expected)
+
+
+# -- the command ---------------------------------------------------------------------------------
+def command(*args: object, **kw: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "libbpf_batch", *map(str, args)],
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def hash_filled(make_map: Any, n: int) -> tuple[Map, dict[bytes, bytes]]:
+    m = make_map(MapType.HASH, 4, 8, n)
+    expected = {u32(i): u64(i + 1) for i in range(n)}
+    m.update_batch(b"".join(expected), b"".join(expected.values()))
+    return m, expected
+
+
+def jsonl_keys(lines: list[str]) -> list[bytes]:
+    import json
+
+    return [bytes(int(b, 16) for b in json.loads(line)["key"]) for line in lines]
+
+
+def test_drain_into_a_pipe_that_closes_puts_back_what_it_could_not_write(make_map: Any) -> None:
+    m, expected = hash_filled(make_map, 100_000)
+    proc = command("drain", "id", m.id, "--format", "jsonl", "-q", stdout=subprocess.PIPE)
+    with reaped(proc):
+        assert proc.stdout is not None and proc.stderr is not None
+        read = [proc.stdout.readline() for _ in range(10)]
+        proc.stdout.close()  # `| head`: the reader goes away
+        assert proc.wait(60) == 141  # 128 + SIGPIPE, as cat and other tools
+        err = proc.stderr.read()
+    assert err.startswith("libbpf-batch: drain: ") and "returned to the map" in err, err
+    returned = int(err.split("drain: ")[1].split()[0])
+    remaining = contents(m)
+    assert returned > 0 and len(remaining) >= returned
+    assert not set(jsonl_keys(read)) & remaining.keys(), "delivered and still in the map"
+    assert all(remaining[k] == v for k, v in expected.items() if k in remaining)
+
+
+def test_ctrl_c_on_drain_to_a_file_loses_nothing(make_map: Any, tmp_path: Any) -> None:
+    m, expected = hash_filled(make_map, 300_000)
+    out = tmp_path / "drained.jsonl"
+    with out.open("w") as f:
+        proc = command("drain", "id", m.id, "--format", "jsonl", "-q", stdout=f)
+        with reaped(proc):
+            deadline = time.monotonic() + 30
+            while out.stat().st_size == 0 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            time.sleep(random.uniform(0, 0.05))
+            proc.send_signal(signal.SIGINT)
+            status = proc.wait(60)
+            assert proc.stderr is not None
+            err = proc.stderr.read()
+    lines = out.read_text().splitlines()
+    remaining = contents(m)
+    assert status == 130 and "returned to the map" in err, (status, err)
+    written = jsonl_keys(lines)
+    assert len(set(written)) == len(written)
+    assert not set(written) & remaining.keys()
+    assert len(written) + len(remaining) == len(expected)
+    assert remaining.keys() | set(written) == expected.keys()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_watch_drain_puts_back_what_it_did_not_show(make_map: Any, sig: int) -> None:
+    m, expected = hash_filled(make_map, 300_000)
+    for _ in range(5):  # the signal must land in the pass, after the start-up
+        proc = command("watch", "id", m.id, "--drain", "--once", "--format", "json",
+                       stdout=subprocess.PIPE)  # fmt: skip
+        with reaped(proc):
+            time.sleep(random.uniform(0.4, 0.8))
+            proc.send_signal(sig)
+            out, err = proc.communicate(timeout=60)
+        if "returned to the map" in err:
+            break
+        assert out == "" and contents(m) == expected  # landed before the pass
+    else:
+        pytest.fail("the signal never landed during the pass")
+    assert proc.returncode == (0 if sig == signal.SIGINT else 143), err
+    assert out == ""  # stopped before showing anything: all of it is back
+    assert contents(m) == expected
