@@ -243,7 +243,7 @@ def test_single_lookup_and_delete_batch_calls_lose_nothing(bpf: None) -> None:
 def close_and_reuse(a: Map, go: threading.Barrier, made: list[Map]) -> None:
     """Close ``a`` at a random point of its drain, then make a map that likely gets its fd."""
     go.wait()
-    time.sleep(random.uniform(0, 0.0002))
+    time.sleep(random.uniform(0, 0.001))
     a.close()
     b = Map.create(MapType.HASH, 4, 8, 64, name="second")
     made.append(b)
@@ -252,12 +252,12 @@ def close_and_reuse(a: Map, go: threading.Barrier, made: list[Map]) -> None:
 
 def close_race_trial() -> bool:
     """One drain of 'first' racing its close(); True when it stopped with the clear error."""
-    a = Map.create(MapType.HASH, 4, 8, 64, name="first")
+    a = Map.create(MapType.HASH, 4, 8, 256, name="first")
     a_again = Map.from_id(a.id)  # another fd, to look at a after it is closed
     made: list[Map] = []
     try:
-        keys = [u32(i) for i in range(50)]
-        a.update_batch(keys, [u64(i) for i in range(50)])
+        keys = [u32(i) for i in range(200)]
+        a.update_batch(keys, [u64(i) for i in range(200)])
         it = a.drain(batch_size=1)
         got: list[bytes] = []
         go = threading.Barrier(2)
@@ -276,7 +276,7 @@ def close_race_trial() -> bool:
         (b,) = made
         assert contents(b) == {u32(1000 + i): u64(7) for i in range(50)}, "drained 'second'"
         assert set(got) <= set(keys)
-        assert len(got) + len(contents(a_again)) == 50
+        assert len(got) + len(contents(a_again)) == 200
         return stopped
     finally:
         a.close()
@@ -286,7 +286,15 @@ def close_race_trial() -> bool:
 
 
 def test_close_from_another_thread_never_touches_a_map_that_reused_the_fd(bpf: None) -> None:
-    stopped = sum(close_race_trial() for _ in range(2000))
+    # A switch every microsecond lets the closing thread run between any two steps of the
+    # drain, e.g. between its check that the map is open and its syscall: without the
+    # iterator's own fd, 2 in 1,000 trials drained 'second' here.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        stopped = sum(close_race_trial() for _ in range(2000))
+    finally:
+        sys.setswitchinterval(interval)
     assert stopped, "close() never landed during a drain: the race was not exercised"
 
 
