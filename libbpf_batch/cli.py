@@ -8,6 +8,7 @@ error; 130 when interrupted (except watch and export, where Ctrl-C is the way ou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import itertools
 import json
@@ -209,6 +210,27 @@ def _require_keys(m: Map, command: str) -> None:
         )
 
 
+class _Terminated(BaseException):
+    """SIGTERM while draining: unwinds like Ctrl-C, so drained entries go back (exit 143)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds(active: bool) -> Iterator[None]:
+    """While draining, SIGTERM raises instead of killing the process mid-batch."""
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class _Sent:
     """stdout for drain: a batch's text goes out with write(2) counted to the byte, so the
     entries a closed pipe or a signal kept from the reader go back into the map."""
@@ -244,7 +266,7 @@ class _Sent:
 
 
 def _dump(args: argparse.Namespace, drain: bool) -> int:
-    with _map_from_args(args) as m:
+    with _map_from_args(args) as m, _sigterm_unwinds(drain):
         _require_keys(m, "drain" if drain else "dump")
         if drain and m.type in UNDELETABLE_TYPES:
             raise CliError(
@@ -289,14 +311,6 @@ def cmd_drain(args: argparse.Namespace) -> int:
     return _dump(args, drain=True)
 
 
-class _Terminated(BaseException):
-    """SIGTERM during watch --drain: unwinds like Ctrl-C, so drained entries go back."""
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise _Terminated
-
-
 def cmd_watch(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.interval) and 0 < args.interval <= 86400):
         raise UsageError(f"--interval must be seconds in (0, 86400], got {args.interval!r}")
@@ -305,7 +319,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     iterations = 1 if args.once else args.count
     out = sys.stdout
     clear = out.isatty() and not args.once and args.format == "table"
-    with _map_from_args(args) as m:
+    with _map_from_args(args) as m, _sigterm_unwinds(args.drain):
         _require_keys(m, "watch")
         if args.drain and m.type in UNDELETABLE_TYPES:
             raise CliError(
@@ -317,9 +331,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
         last: float | None = None
         done = 0
         taken: list[Batch] = []  # drained this pass and not yet shown: put back if stopped
-        on_term = signal.getsignal(signal.SIGTERM)
-        if args.drain and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             while True:
                 now = time.monotonic()
@@ -355,9 +366,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 returned = sum(put_back(m.access, b) for b in taken)
                 _fail(f"watch: {returned} drained entries not shown were returned to the map")
             return 0 if isinstance(e, KeyboardInterrupt) else 128 + signal.SIGTERM
-        finally:
-            if args.drain and threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGTERM, on_term)
 
 
 # -- export -------------------------------------------------------------------------------
@@ -587,6 +595,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
         return 130
+    except _Terminated:
+        return 128 + signal.SIGTERM
 
 
 __all__ = ["EntryFormatter", "main", "numeric_fields", "open_map", "parse_spec"]

@@ -421,7 +421,8 @@ def test_drain_into_a_pipe_that_closes_puts_back_what_it_could_not_write(make_ma
     assert all(remaining[k] == v for k, v in expected.items() if k in remaining)
 
 
-def test_ctrl_c_on_drain_to_a_file_loses_nothing(make_map: Any, tmp_path: Any) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_signal_on_drain_to_a_file_loses_nothing(make_map: Any, tmp_path: Any, sig: int) -> None:
     m, expected = hash_filled(make_map, 300_000)
     out = tmp_path / "drained.jsonl"
     with out.open("w") as f:
@@ -431,13 +432,13 @@ def test_ctrl_c_on_drain_to_a_file_loses_nothing(make_map: Any, tmp_path: Any) -
             while out.stat().st_size == 0 and time.monotonic() < deadline:
                 time.sleep(0.001)
             time.sleep(random.uniform(0, 0.05))
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             status = proc.wait(60)
             assert proc.stderr is not None
             err = proc.stderr.read()
     lines = out.read_text().splitlines()
     remaining = contents(m)
-    assert status == 130 and "returned to the map" in err, (status, err)
+    assert status == 128 + sig and "returned to the map" in err, (status, err)
     written = jsonl_keys(lines)
     assert len(set(written)) == len(written)
     assert not set(written) & remaining.keys()
