@@ -495,7 +495,8 @@ def one_batch(
     # single call has no "next batch" to run on a reused fd number.
     fd = access.fd(op)
     mark = ffi.cast("__u32 *", out)
-    mark[0] = _NOT_RUN
+    if delete:  # a lookup's cursor stays the one passed in where the kernel writes none
+        mark[0] = _NOT_RUN
     try:
         return _step(fd, access, delete, in_batch, out, buf, n, opts, True)
     except BpfError:

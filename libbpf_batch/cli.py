@@ -2,7 +2,8 @@
 
 Maps are named as bpftool names them: ``id 42``, ``pinned /sys/fs/bpf/counts``, ``name counts``.
 Exit codes: 0 success, 1 operational error (one line naming the map and the errno), 2 usage
-error; 130 when interrupted (except watch and export, where Ctrl-C is the way out and exits 0).
+error; 130 when interrupted (except watch and export, where Ctrl-C is the way out and exits 0),
+141 when the reader of the output went away (128 + SIGPIPE), 143 when SIGTERM ends a drain.
 """
 
 from __future__ import annotations
