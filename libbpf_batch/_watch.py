@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import IO, Any
 
 from ._output import EntryFormatter, hex_list
+from .batch import Batch
 from .maps import MAP_OF_MAPS_TYPES, Map
 
 _MISSING_RANK = float("-inf")  # rows with no value (or no rate yet) sort after all others
@@ -59,18 +60,23 @@ class Reader:
         self.prev: dict[bytes, bytes] = {}
         self._zero = bytes(m.value_stride)
 
-    def read(self, dt: float | None) -> tuple[list[dict[str, Any]], int]:
-        """The top rows of one read (sorted) and the number of entries read."""
+    def read(
+        self, dt: float | None, taken: list[Batch] | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The top rows of one read (sorted) and the number of entries read.
+
+        A drain appends each batch (a copy: raw bytes, no object per entry) to ``taken`` the
+        moment it has it, so that a caller stopped before showing the read can put it back.
+        """
         m, f = self.m, self.f
-        batches = (
-            m.drain(self.batch_size, copy=False)
-            if self.drain
-            else m.batches(self.batch_size, copy=False)
-        )
+        keep = [] if taken is None else taken
+        batches = m.drain(self.batch_size) if self.drain else m.batches(self.batch_size, copy=False)
         best: list[tuple[Any, ...]] = []
         prev = self.prev
         entries = 0
         for batch in batches:
+            if self.drain:
+                keep.append(batch)  # one C call: kept, or not yet handed over
             n = batch.count
             entries += n
             keys = batch.key_list()
