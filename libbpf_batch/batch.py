@@ -396,13 +396,16 @@ def lookup_batches(
     elem_flags: int = 0,
     flags: int = 0,
     copy: bool = True,
+    workers: int = 1,
+    n_buckets: int = 0,
 ) -> Iterator[Batch]:
     """Feed out_batch back as in_batch until the kernel says ENOENT.
 
     ENOSPC (one hash bucket holds more than the batch) doubles the buffers, capped at
     max_entries, and retries from the same cursor. A kernel without the batch op (ENOTSUPP, or
     EINVAL from kernels before 5.6) switches to per-key iteration. Elements a call returned are
-    yielded before any error it reported is raised.
+    yielded before any error it reported is raised. With ``n_buckets`` (hash-family maps) and
+    ``workers`` > 1, the buckets are split among threads (``_parallel``).
     """
     op, _ = _lookup_call(delete)
     # Checked now, not at the first next(): a bad argument fails where it was written.
@@ -410,6 +413,10 @@ def lookup_batches(
     where = f"{op}: {access.where}"
     capacity = batch_capacity(batch_size, access.max_entries, where)
     opts = batch_opts(elem_flags, flags, where)
+    if workers > 1 and n_buckets > 1:
+        from ._parallel import parallel_batches  # it builds on this module
+
+        return parallel_batches(access, delete, capacity, opts, copy, workers, n_buckets)
     return _walk(access, delete, capacity, opts, bool(elem_flags or flags), copy)
 
 

@@ -116,6 +116,10 @@ PERCPU_TYPES = frozenset(
     }
 )
 MAP_OF_MAPS_TYPES = frozenset({MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS})
+# hashtab.c: a batch cursor that is a bucket index, so a walk can be split among threads.
+PARALLEL_TYPES = frozenset(
+    {MapType.HASH, MapType.PERCPU_HASH, MapType.LRU_HASH, MapType.LRU_PERCPU_HASH}
+)
 # Plain arrays have no delete at all (arraymap.c), so they can't be drained.
 UNDELETABLE_TYPES = frozenset({MapType.ARRAY, MapType.PERCPU_ARRAY})
 
@@ -621,6 +625,7 @@ class Map:
         elem_flags: int = 0,
         flags: int = 0,
         copy: bool = True,
+        workers: int = 1,
     ) -> Iterator[Batch]:
         """Yield the map's elements batch by batch (lookup only).
 
@@ -637,7 +642,13 @@ class Map:
         roundup_pow_of_two(max_entries) batches. Other maps walk key by key: an array
         returns each index once; an LPM trie whose cursor key is deleted restarts from its
         first key, so keys may repeat.
+
+        ``workers`` threads (0: one per CPU this process may run on) split a hash-family map's
+        buckets among them (see PARALLEL_TYPES; other types walk in one thread). Batches then
+        come in no defined order, always as copies, and no key comes twice.
         """
+        op = "bpf_map_lookup_batch"
+        threads = self._workers(workers, op)
         return lookup_batches(
             self.access,
             delete=False,
@@ -645,6 +656,8 @@ class Map:
             elem_flags=elem_flags,
             flags=flags,
             copy=copy,
+            workers=threads,
+            n_buckets=self._bucket_count(),
         )
 
     def drain(
@@ -654,14 +667,20 @@ class Map:
         elem_flags: int = 0,
         flags: int = 0,
         copy: bool = True,
+        workers: int = 1,
     ) -> Iterator[Batch]:
         """Yield the map's elements batch by batch, deleting each batch as it is read.
 
         Every element is delivered exactly once; inserts made meanwhile into buckets already
         drained stay in the map. Stopping early leaves the rest in the map.
+
+        ``workers`` (0: one per CPU this process may run on) drains a hash-family map's
+        buckets in that many threads, batches in no defined order; closing or dropping the
+        iterator early puts back what the workers had deleted and not delivered.
         """
         op = "bpf_map_lookup_and_delete_batch"
         self._checked_fd(op)
+        threads = self._workers(workers, op)
         self._check_deletable(op)
         return lookup_batches(
             self.access,
@@ -670,35 +689,56 @@ class Map:
             elem_flags=elem_flags,
             flags=flags,
             copy=copy,
+            workers=threads,
+            n_buckets=self._bucket_count(),
         )
+
+    def _workers(self, workers: int, op: str) -> int:
+        """``workers`` checked; 0 becomes one per CPU in this process's affinity mask."""
+        check_uint(workers, "workers", 16, f"{op}: {self._where}")
+        return workers or len(os.sched_getaffinity(0))
+
+    def _bucket_count(self) -> int:
+        """hashtab.c's n_buckets: roundup_pow_of_two(max_entries); 0 for other types.
+
+        The kernel reports max_entries already rounded for BPF_F_NO_COMMON_LRU (to a multiple
+        of the possible CPUs). Only the split depends on it: the last worker runs to ENOENT.
+        """
+        if self.info.type not in PARALLEL_TYPES:
+            return 0
+        return 1 << (max(self.max_entries, 1) - 1).bit_length()
 
     # items/keys/values/drain_items chain each batch's C-level iterator (Batch.__iter__) so
     # no Python frame runs per element; a batch's iterator is used up before the next batch
     # overwrites the shared buffers. Like generators, they start reading at the first next().
-    def items(self, batch_size: int | None = None) -> Iterator[tuple[bytes, bytes]]:
-        """Every ``(key, value)``, read in batches."""
-        return itertools.chain.from_iterable(self.batches(batch_size, copy=False))
+    def items(
+        self, batch_size: int | None = None, *, workers: int = 1
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Every ``(key, value)``, read in batches (``workers``: see batches())."""
+        return itertools.chain.from_iterable(self.batches(batch_size, copy=False, workers=workers))
 
-    def keys(self, batch_size: int | None = None) -> Iterator[bytes]:
-        """Every key, read in batches."""
+    def keys(self, batch_size: int | None = None, *, workers: int = 1) -> Iterator[bytes]:
+        """Every key, read in batches (``workers``: see batches())."""
         return itertools.chain.from_iterable(
-            map(Batch.key_list, self.batches(batch_size, copy=False))
+            map(Batch.key_list, self.batches(batch_size, copy=False, workers=workers))
         )
 
-    def values(self, batch_size: int | None = None) -> Iterator[bytes]:
-        """Every value, read in batches."""
+    def values(self, batch_size: int | None = None, *, workers: int = 1) -> Iterator[bytes]:
+        """Every value, read in batches (``workers``: see batches())."""
         return itertools.chain.from_iterable(
-            map(Batch.value_list, self.batches(batch_size, copy=False))
+            map(Batch.value_list, self.batches(batch_size, copy=False, workers=workers))
         )
 
-    def drain_items(self, batch_size: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+    def drain_items(
+        self, batch_size: int | None = None, *, workers: int = 1
+    ) -> Iterator[tuple[bytes, bytes]]:
         """Every ``(key, value)``, deleting as it reads (see drain()).
 
         Elements are deleted a batch at a time. Stopping in the middle of a batch (break, an
         exception, dropping the iterator) puts the elements of it not yet taken back into the
         map, where their key is still absent: a key re-created meanwhile keeps its new value.
         """
-        return self._take_pairs(self.drain(batch_size, copy=False))
+        return self._take_pairs(self.drain(batch_size, copy=False, workers=workers))
 
     def _take_pairs(self, batches: Iterator[Batch]) -> Iterator[tuple[bytes, bytes]]:
         # chain() hands out pairs with no Python frame per element; a consumer that stops
