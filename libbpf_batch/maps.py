@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import enum
 import errno
+import fcntl
 import itertools
+import mmap as mmap_module
 import os
+import sys
 import warnings
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
@@ -22,10 +26,11 @@ from ._cdata import (
     create_opts,
     element,
     join_elements,
+    percpu_slot,
     read_map_info,
 )
 from ._libbpf import ffi, lib
-from .batch import Batch, MapAccess, lookup_batches, one_batch
+from .batch import Batch, MapAccess, batch_capacity, lookup_batches, one_batch
 from .btf import MapDecoder
 from .errors import (
     ENOTSUPP,
@@ -162,6 +167,11 @@ def _fd_kind(fd: int) -> str:
     return os.readlink(f"/proc/self/fd/{fd}")
 
 
+def _read_only_fd(fd: int) -> bool:
+    """True for an fd opened read-only: the kernel gives MapFlags.RDONLY maps one."""
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+
+
 def _require_map_fd(fd: int, op: str, what: str) -> None:
     try:
         kind = _fd_kind(fd)
@@ -252,6 +262,9 @@ class Map:
         )
         self._where = f"map {self.info.name!r} (id {self.info.id})"
         self._decoder: MapDecoder | None = None
+        self._mapping: mmap_module.mmap | None = None
+        self._view: memoryview | None = None
+        self._index_keys: bytes | None = None
 
     # -- constructors ------------------------------------------------------------------
     @classmethod
@@ -344,7 +357,8 @@ class Map:
 
     # -- lifecycle ---------------------------------------------------------------------
     def close(self) -> None:
-        """Close the map's fd; further operations raise ValueError. Idempotent."""
+        """Close the map's fd and release its mmap(); further operations raise ValueError."""
+        self._unmap()
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
@@ -479,6 +493,115 @@ class Map:
             return ffi.new("__u32 *", fd)
         hint = f" (round_up({self.value_size}, 8) x {self.ncpus} CPUs)" if self.is_percpu else ""
         return element(value, self.value_stride, "value", where, hint)
+
+    # -- mmapable arrays: read and written with no syscall ------------------------------
+    @property
+    def is_mmapable(self) -> bool:
+        """True for an ARRAY created with MapFlags.MMAPABLE: mmap() works on it."""
+        return self.info.type == MapType.ARRAY and bool(self.flags & MapFlags.MMAPABLE)
+
+    def mmap(self) -> memoryview:
+        """The values of an mmapable ARRAY, mapped: element i at i * round_up(value_size, 8).
+
+        ``max_entries * round_up(value_size, 8)`` bytes, read and written with no syscall
+        (no BPF_F_LOCK: a value can be caught mid-write). Writable unless the map is read-only
+        for user space (MapFlags.RDONLY, a read-only fd, or frozen). One mapping per Map, valid
+        while it is open; close() releases it (a view derived from it, such as a slice or a
+        numpy array, keeps the memory mapped until that view is released).
+        """
+        op = "mmap"
+        fd = self._checked_fd(op)
+        if not self.is_mmapable:
+            what = self.info.type_name if self.info.type != MapType.ARRAY else "array without it"
+            raise ValueError(
+                f"{op}: {self._where}: only an ARRAY created with MapFlags.MMAPABLE can be "
+                f"mapped (this is a {what})"
+            )
+        if self._view is None:
+            size = self.max_entries * percpu_slot(self.value_size)
+            length = -(-size // mmap_module.PAGESIZE) * mmap_module.PAGESIZE
+            # bpf_map_mmap(): a writable mapping of a frozen map is EPERM, of a program-read-only
+            # map EACCES: map it read-only instead. A MapFlags.RDONLY map's fd is read-only,
+            # which makes any shared mapping private, and the kernel refuses those (EINVAL).
+            for mode in (mmap_module.ACCESS_WRITE, mmap_module.ACCESS_READ):
+                try:
+                    self._mapping = mmap_module.mmap(fd, length, access=mode)
+                    break
+                except OSError as e:
+                    if mode == mmap_module.ACCESS_WRITE and e.errno in (errno.EPERM, errno.EACCES):
+                        continue
+                    hint = ""
+                    if _read_only_fd(fd):
+                        hint = "its fd is read-only (MapFlags.RDONLY): read it with items()"
+                    err = error_from_errno(e.errno or errno.EINVAL, op, self._where)
+                    raise err.at(self._where, hint) if hint else err from None
+            assert self._mapping is not None
+            self._view = memoryview(self._mapping)[:size]
+        return self._view
+
+    def mmap_batch(self, start: int = 0, count: int | None = None) -> Batch:
+        """Elements [start, start + count) of an mmapable ARRAY as a Batch, with no syscall.
+
+        Values are views of the mapping (live: a BPF program's writes show) when value_size
+        is a multiple of 8, else copies without the padding; keys are the u32 indices. So
+        ``m.mmap_batch().to_numpy()`` reads the whole array in numpy.
+        """
+        view = self.mmap()
+        where = f"mmap_batch: {self._where}"
+        check_uint(start, "start", 32, where)
+        if count is None:
+            count = self.max_entries - min(start, self.max_entries)
+        check_uint(count, "count", 32, where)
+        if start + count > self.max_entries:
+            raise ValueError(
+                f"{where}: elements [{start}, {start + count}) are past max_entries "
+                f"{self.max_entries}"
+            )
+        return self._mapped(view, start, count, copy=False)
+
+    def _mapped(self, view: memoryview, start: int, count: int, copy: bool) -> Batch:
+        size, slot = self.value_size, percpu_slot(self.value_size)
+        area = view[start * slot : (start + count) * slot]
+        values: BytesLike = area
+        if slot != size:  # drop the padding: a Batch holds value_size bytes per value
+            packed = bytearray(count * size)
+            for j in range(size):
+                packed[j::size] = area[j::slot]
+            values = packed
+        elif copy:
+            values = area.tobytes()
+        keys = memoryview(self._indices())[start * 4 : (start + count) * 4]
+        last = start + count - 1
+        cursor = last.to_bytes(4, sys.byteorder) if count else b""
+        done = start + count >= self.max_entries
+        return Batch(self.layout, count, keys.tobytes() if copy else keys, values, cursor, done)
+
+    def _indices(self) -> bytes:
+        """Every array index as a u32 key, made once per map (the keys never change)."""
+        if self._index_keys is None:
+            self._index_keys = array("I", range(self.max_entries)).tobytes()
+        return self._index_keys
+
+    def _mapped_batches(self, view: memoryview, capacity: int, copy: bool) -> Iterator[Batch]:
+        """batches() of an mmapable array: slices of the mapping, no syscall per batch."""
+        for start in range(0, self.max_entries, capacity):
+            count = min(capacity, self.max_entries - start)
+            yield self._mapped(view, start, count, copy)
+
+    def _mappable(self, elem_flags: int, flags: int) -> bool:
+        # BPF_F_LOCK (or any flag) asks for the syscall's semantics, which a mapping lacks.
+        return self.is_mmapable and not elem_flags and not flags and array("I").itemsize == 4
+
+    def _unmap(self) -> None:
+        view, mapping = self._view, self._mapping
+        self._view = self._mapping = None
+        try:
+            if view is not None:
+                view.release()
+            if mapping is not None:
+                mapping.close()
+        except BufferError:
+            pass  # a view the caller derived still uses it: unmapped once that is released
 
     # -- one key, one syscall ----------------------------------------------------------
     def lookup(self, key: BytesLike, *, flags: int = 0) -> bytes | None:
@@ -641,7 +764,8 @@ class Map:
         lookup). Every batch moves past at least one bucket, so the walk ends within
         roundup_pow_of_two(max_entries) batches. Other maps walk key by key: an array
         returns each index once; an LPM trie whose cursor key is deleted restarts from its
-        first key, so keys may repeat.
+        first key, so keys may repeat. An mmapable ARRAY (without flags) is read through
+        mmap(), with no syscall: ``copy=False`` batches are live views of the mapping.
 
         ``workers`` threads (0: one per CPU this process may run on) split a hash-family map's
         buckets among them (see PARALLEL_TYPES; other types walk in one thread). Batches then
@@ -649,6 +773,14 @@ class Map:
         """
         op = "bpf_map_lookup_batch"
         threads = self._workers(workers, op)
+        if self._mappable(elem_flags, flags):
+            capacity = batch_capacity(batch_size, self.max_entries, f"{op}: {self._where}")
+            try:
+                view = self.mmap()
+            except BpfError:
+                pass  # not mappable by this fd (write-only): the syscalls say why
+            else:
+                return self._mapped_batches(view, capacity, copy)
         return lookup_batches(
             self.access,
             delete=False,
