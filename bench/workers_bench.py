@@ -24,7 +24,8 @@ import subprocess
 import sys
 import time
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -136,20 +137,24 @@ class Rows:
         ]
 
 
+def walk(how: Callable[..., Iterator[Batch]], batch: int, workers: int) -> list[Batch]:
+    return list(how(batch, workers=workers))
+
+
 def hash_sweep(rows: Rows, w: Workload, binary: Path, cpus: int, batch: int) -> None:
     """One repetition: C single, C parallel, the library with 1..cpus workers."""
     with Map.create(MapType.HASH, 4, 8, w.n, "bench_workers") as m:
         for threads in sorted({1, cpus}):
-            ns = run_c(binary, m, threads, batch)
+            c = run_c(binary, m, threads, batch)
             label = "C loop" if threads == 1 else f"C, {threads} threads"
-            rows.add(f"read: {label}", ns["lookup_batch"])
-            rows.add(f"drain: {label}", ns["drain_batch"])
+            rows.add(f"read: {label}", c["lookup_batch"])
+            rows.add(f"drain: {label}", c["drain_batch"])
         for workers in range(1, cpus + 1):
             w.fill(m)
-            ns, got = timed(lambda n=workers: list(m.batches(batch, workers=n)))  # type: ignore[misc]
+            ns, got = timed(partial(walk, m.batches, batch, workers))
             w.check(f"read, {workers} workers", got)
             rows.add(f"read: workers={workers}", ns / w.n)
-            ns, got = timed(lambda n=workers: list(m.drain(batch, workers=n)))  # type: ignore[misc]
+            ns, got = timed(partial(walk, m.drain, batch, workers))
             w.check(f"drain, {workers} workers", got)
             if m.next_key() is not None:
                 raise BenchError(f"drain, {workers} workers: the map is not empty after it")
