@@ -168,8 +168,10 @@ class _Walk:
 
     def finish(self) -> Iterator[Batch]:
         """After the last batch: join the workers, then raise the first error, if any."""
-        self._join()
+        interrupted = self._join()
         self.done = True
+        if interrupted is not None:
+            raise interrupted
         error = self.error
         if error is None:
             return
@@ -198,6 +200,7 @@ class _Walk:
             if item is not _END:
                 undelivered.append(item)
         self.leftover = []
+        self.queue.put(_END)  # a next() after close() ends instead of waiting for workers
         try:
             if self.delete and undelivered:
                 put_back(self.access, undelivered)

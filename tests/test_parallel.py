@@ -316,3 +316,16 @@ def test_next_and_list_work_like_the_single_walk(make_map: MakeMap) -> None:
     assert_exactly(pairs_of([first, *rest]), expected)
     with pytest.raises(StopIteration):
         next(it)
+
+
+def test_next_after_close_ends_the_walk(make_map: MakeMap) -> None:
+    m, expected = filled(make_map, MapType.HASH, 2000)
+    unstarted = m.drain(64, workers=2)
+    unstarted.close()  # type: ignore[attr-defined]
+    assert list(unstarted) == []
+    it = m.drain(64, workers=2)
+    first = next(it)
+    it.close()  # type: ignore[attr-defined]
+    assert list(it) == []
+    rest = Counter(pair for b in m.drain() for pair in b)
+    assert dict(pairs_of([first]) + rest) == dict.fromkeys(expected.items(), 1)
