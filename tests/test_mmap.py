@@ -66,14 +66,14 @@ def test_writes_through_the_mapping_are_what_lookups_return(
 def test_items_values_and_batches_read_through_the_mapping(
     make_map: MakeMap, value_size: int, batch_size: int | None
 ) -> None:
-    m, expected = mmapable(make_map, value_size, 5000)
+    m, expected = mmapable(make_map, value_size, 2000)
     items = list(m.items(batch_size))
     assert items == sorted(expected.items(), key=lambda kv: int.from_bytes(kv[0], "little"))
     assert list(m.values(batch_size)) == list(expected.values())
     assert list(m.keys(batch_size)) == list(expected)
     batches = list(m.batches(batch_size))
     assert [b.done for b in batches] == [False] * (len(batches) - 1) + [True]
-    assert sum(b.count for b in batches) == 5000
+    assert sum(b.count for b in batches) == 2000
     # the same elements the syscalls return
     cursor, via_syscalls = None, {}
     while True:

@@ -231,7 +231,7 @@ def test_read_racing_writers_never_repeats_a_key(
 def test_consumer_stopping_early_puts_back_what_workers_deleted(
     make_map: MakeMap, map_type: MapType, how: str
 ) -> None:
-    m, expected = filled(make_map, map_type, 20_000)
+    m, expected = filled(make_map, map_type, 8_000)
     got: Counter[tuple[bytes, bytes]] = Counter()
     if how == "drain_items":
         for pair in m.drain_items(128, workers=2):
