@@ -10,6 +10,7 @@ from .errors import (
     BpfNotFoundError,
     BpfPermissionError,
     NotAMapError,
+    PutBackError,
 )
 from .maps import ElemFlags, Map, MapFlags, MapInfo, MapType, map_ids, possible_cpus
 from .objects import BpfObject, Link
@@ -36,6 +37,7 @@ __all__ = [
     "MapInfo",
     "MapType",
     "NotAMapError",
+    "PutBackError",
     "__version__",
     "map_ids",
     "possible_cpus",

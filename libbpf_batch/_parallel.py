@@ -10,8 +10,10 @@ parallel; each is the single walk over its share: same per-call step, same ENOSP
 Batches reach the one consumer through a queue, in no defined order across workers.
 ``iter(queue.get, END)`` hands each one from the queue to the consumer's ``for`` in C, with no
 Python bytecode in between where a signal (raised only in the main thread, the consumer) could
-drop a batch the kernel already deleted. What a drain's workers hold when the walk is closed
-early (break, an exception, a dropped iterator) is put back in the map.
+drop a batch the kernel already deleted; workers, where no signal handler runs, never lose
+one between the kernel and the queue. What a drain's workers hold when the walk is closed
+early (break, an exception, a dropped iterator) is put back with batch.put_back() through the
+walk's Hold (a dup of the map's fd, so it works after Map.close() too).
 
 A lookup-only walk must not return a key twice, and a worker's last batch may run past its end
 into the next share (the kernel fills the buffer with whole buckets). A key's bucket is fixed,
@@ -29,13 +31,12 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from . import _bindings
-from ._libbpf import ffi, lib
-from .batch import Batch, MapAccess, _Buffers, _step, per_key_batches
-from .errors import BatchNotSupportedError, BpfError
+from ._libbpf import ffi
+from .batch import Batch, Hold, MapAccess, _Buffers, _step, per_key_batches, put_back
+from .errors import BatchNotSupportedError, BpfError, PutBackError
 
 _PAST_END = 1 << 32  # after every bucket: a batch that ended at ENOENT covered the rest
 _END = object()  # put in the queue by the last worker to finish
@@ -46,22 +47,25 @@ def _bucket(cursor: bytes) -> int:
 
 
 def ranged_batches(
-    access: MapAccess, delete: bool, capacity: int, opts: Any, start: int, end: int
+    fd: int, access: MapAccess, delete: bool, capacity: int, opts: Any, start: int, end: int
 ) -> Iterator[tuple[Batch, int, int]]:
-    """The walk over buckets [start, end): ``(batch, first bucket, bucket after it)``.
+    """The walk over buckets [start, end) on ``fd`` (a Hold's): ``(batch, first, after)``.
 
     A batch may end past ``end`` (it holds whole buckets); the last one does. ENOSPC grows the
     buffers as the single walk does; other errors are raised with the elements the call
-    returned in their ``batch``.
+    returned in their ``batch``. Runs in a worker thread, where no signal handler raises, so
+    a batch the kernel returned always reaches the caller.
     """
+    op = "bpf_map_lookup_and_delete_batch" if delete else "bpf_map_lookup_batch"
     buf = _Buffers(capacity, access.layout)
     cursor = ffi.new("char[]", access.layout.cursor_size)
     ffi.cast("__u32 *", cursor)[0] = start
     count = ffi.new("__u32 *")
     first = start
     while True:
+        access.fd(op)  # closed since the last batch: stop with a clear error (fd is a dup)
         try:
-            batch = _step(access, delete, cursor, cursor, buf, count, opts, True)
+            batch = _step(fd, access, delete, cursor, cursor, buf, count, opts, True)
         except BpfError as e:
             if e.errno != errno.ENOSPC:
                 raise
@@ -79,36 +83,6 @@ def ranged_batches(
         if batch.done or after >= end:
             return
         first = after
-
-
-def put_back(access: MapAccess, batches: Iterable[Batch]) -> None:
-    """Re-insert drained elements nobody received, each with BPF_NOEXIST.
-
-    A key written again meanwhile keeps its newer value. An element that can't go back (the
-    map filled up, or was closed) is reported in a BpfError naming how many and which keys.
-    """
-    lost: list[bytes] = []
-    err: BaseException | None = None
-    for batch in batches:
-        for key, value in batch:
-            try:
-                fd = access.fd("bpf_map_update_elem")
-                k, v = ffi.from_buffer(key), ffi.from_buffer(value)
-                _bindings.bpf_map_update_elem(fd, k, v, lib.BPF_NOEXIST)
-            except BpfError as e:
-                if e.errno != errno.EEXIST:
-                    lost.append(key)
-                    err = err or e
-            except ValueError as e:  # the map was closed
-                lost.append(key)
-                err = err or e
-    if lost:
-        shown = ", ".join(k.hex() for k in lost[:8]) + (", ..." if len(lost) > 8 else "")
-        raise BpfError(
-            getattr(err, "errno", None) or errno.EBADF,
-            f"put back: {access.where}: {len(lost)} drained elements could not be put back "
-            f"and are lost ({err}); keys: {shown}",
-        )
 
 
 class _Share:
@@ -133,12 +107,15 @@ class _Walk:
         delete: bool,
         capacity: int,
         opts: Any,
-        copy: bool,
         workers: int,
         n_buckets: int,
+        hold: Hold | None,
     ) -> None:
         self.access, self.delete, self.capacity, self.opts = access, delete, capacity, opts
-        self.copy = copy
+        # One duplicate of the map's fd for every worker and the put-back: a close() of the
+        # Map from another thread can't make them touch another map that reused the number.
+        self.own_hold = hold is None
+        self.hold = hold
         n = max(1, min(workers, n_buckets))
         starts = [n_buckets * i // n for i in range(n)] + [_PAST_END]
         self.shares = [_Share(starts[i], starts[i + 1]) for i in range(n)]
@@ -159,6 +136,9 @@ class _Walk:
     def start(self) -> Iterator[Batch]:
         """Start the workers at the first next(), as the single walk starts its calls."""
         if not self.done:
+            if self.hold is None:
+                op = "bpf_map_lookup_and_delete_batch" if self.delete else "bpf_map_lookup_batch"
+                self.hold = Hold(self.access, op)
             for i in range(len(self.shares)):
                 t = threading.Thread(target=self._work, args=(i,), name=f"libbpf-batch-{i}")
                 t.daemon = True  # never keeps the interpreter alive; close() joins it
@@ -170,6 +150,7 @@ class _Walk:
         """After the last batch: join the workers, then raise the first error, if any."""
         interrupted = self._join()
         self.done = True
+        self._release()
         if interrupted is not None:
             raise interrupted
         error = self.error
@@ -203,10 +184,28 @@ class _Walk:
         self.queue.put(_END)  # a next() after close() ends instead of waiting for workers
         try:
             if self.delete and undelivered:
-                put_back(self.access, undelivered)
+                self._put_back(undelivered)
         finally:
+            self._release()
             if interrupted is not None:
                 raise interrupted
+
+    def _put_back(self, batches: list[Batch]) -> None:
+        """batch.put_back() for each; one PutBackError naming every element that stayed out."""
+        failed: list[PutBackError] = []
+        for batch in batches:
+            try:
+                put_back(self.access, batch, hold=self.hold)
+            except PutBackError as e:
+                failed.append(e)
+        if failed:
+            keys = [k for e in failed for k in e.keys]
+            raise PutBackError.of(failed[0].errno, self.access.where, keys)
+
+    def _release(self) -> None:
+        hold, self.hold = self.hold, None
+        if hold is not None and self.own_hold:
+            hold.close()
 
     def _join(self) -> BaseException | None:
         # Another Ctrl-C while joining must not leave a worker running or skip the put-back:
@@ -226,8 +225,15 @@ class _Walk:
     def _work(self, i: int) -> None:
         share = self.shares[i]
         try:
+            assert self.hold is not None  # made by start(), released after the join
             walk = ranged_batches(
-                self.access, self.delete, self.capacity, self.opts, share.start, share.end
+                self.hold.fd,
+                self.access,
+                self.delete,
+                self.capacity,
+                self.opts,
+                share.start,
+                share.end,
             )
             while not self.stopping.is_set():
                 try:
@@ -313,7 +319,10 @@ class _Walk:
 
     def _keys_in(self, start: int, end: int) -> set[bytes]:
         keys: set[bytes] = set()
-        for batch, _, _ in ranged_batches(self.access, False, self.capacity, self.opts, start, end):
+        assert self.hold is not None
+        for batch, _, _ in ranged_batches(
+            self.hold.fd, self.access, False, self.capacity, self.opts, start, end
+        ):
             keys.update(batch.key_list())
         return keys
 
@@ -392,9 +401,12 @@ def parallel_batches(
     delete: bool,
     capacity: int,
     opts: Any,
-    copy: bool,
     workers: int,
     n_buckets: int,
+    hold: Hold | None = None,
 ) -> ParallelBatches:
-    """The hash-family walk over ``n_buckets`` buckets with ``workers`` threads."""
-    return ParallelBatches(_Walk(access, delete, capacity, opts, copy, workers, n_buckets))
+    """The hash-family walk over ``n_buckets`` buckets with ``workers`` threads.
+
+    ``hold``: the fd to use (the caller's, kept open); default: the walk's own Hold.
+    """
+    return ParallelBatches(_Walk(access, delete, capacity, opts, workers, n_buckets, hold))

@@ -29,7 +29,7 @@ from ._output import (
 )
 from ._watch import build_rows, read_numbers, sort_rows, write_json, write_view
 from .errors import BpfError
-from .maps import UNDELETABLE_TYPES, Map, MapInfo, map_ids
+from .maps import KEYLESS_TYPES, UNDELETABLE_TYPES, Map, MapInfo, map_ids
 
 SPEC_KINDS = ("id", "pinned", "name")
 DEFAULT_LISTEN = "127.0.0.1:9435"
@@ -194,8 +194,17 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_keys(m: Map, command: str) -> None:
+    if m.type in KEYLESS_TYPES:
+        raise CliError(
+            f"{command}: map {m.name!r} (id {m.id}) is a {m.info.type_name}: it has no keys "
+            "to walk (Map.pop/peek/push in Python)"
+        )
+
+
 def _dump(args: argparse.Namespace, drain: bool) -> int:
     with _map_from_args(args) as m:
+        _require_keys(m, "drain" if drain else "dump")
         if drain and m.type in UNDELETABLE_TYPES:
             raise CliError(
                 f"drain: map {m.name!r} (id {m.id}) is a {m.info.type_name}: its "
@@ -240,6 +249,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     out = sys.stdout
     clear = out.isatty() and not args.once and args.format == "table"
     with _map_from_args(args) as m:
+        _require_keys(m, "watch")
         if args.drain and m.type in UNDELETABLE_TYPES:
             raise CliError(
                 f"watch --drain: map {m.name!r} (id {m.id}) is a "

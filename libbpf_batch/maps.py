@@ -7,11 +7,13 @@ import errno
 import fcntl
 import itertools
 import mmap as mmap_module
+import operator
 import os
 import sys
+import threading
 import warnings
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -30,7 +32,15 @@ from ._cdata import (
     read_map_info,
 )
 from ._libbpf import ffi, lib
-from .batch import Batch, MapAccess, batch_capacity, lookup_batches, one_batch
+from .batch import (
+    Batch,
+    Hold,
+    MapAccess,
+    batch_capacity,
+    lookup_batches,
+    one_batch,
+    put_back,
+)
 from .btf import MapDecoder
 from .errors import (
     ENOTSUPP,
@@ -127,6 +137,9 @@ PARALLEL_TYPES = frozenset(
 )
 # Plain arrays have no delete at all (arraymap.c), so they can't be drained.
 UNDELETABLE_TYPES = frozenset({MapType.ARRAY, MapType.PERCPU_ARRAY})
+# No keys (key_size 0): the kernel refuses get_next_key and batch ops; pop/peek/push instead.
+KEYLESS_TYPES = frozenset({MapType.QUEUE, MapType.STACK, MapType.BLOOM_FILTER})
+_QUEUE_TYPES = frozenset({MapType.QUEUE, MapType.STACK})
 
 _NCPUS: int | None = None
 
@@ -250,6 +263,7 @@ class Map:
     def __init__(self, fd: int, info: MapInfo | None = None) -> None:
         """Take ownership of ``fd`` (a map fd); most callers want a classmethod instead."""
         self._fd = fd
+        self._lock = threading.Lock()  # close() vs dup(): no dup of a reused fd number
         try:
             self.info = info if info is not None else map_info(fd)
         except BaseException:
@@ -357,11 +371,22 @@ class Map:
 
     # -- lifecycle ---------------------------------------------------------------------
     def close(self) -> None:
-        """Close the map's fd and release its mmap(); further operations raise ValueError."""
+        """Close the map's fd and release its mmap(); further operations raise ValueError.
+
+        An iterator running in another thread finishes the call it is in on this map (it has
+        its own duplicate of the fd), then raises ValueError; drain_items() still puts back
+        the rest of its batch.
+        """
         self._unmap()
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
+        with self._lock:
+            fd, self._fd = self._fd, -1
+            if fd >= 0:
+                os.close(fd)
+
+    def _dup(self, op: str) -> int:
+        """A duplicate of the fd, made under the lock close() takes (ValueError when closed)."""
+        with self._lock:
+            return os.dup(self._checked_fd(op))
 
     @property
     def closed(self) -> bool:
@@ -443,7 +468,14 @@ class Map:
         Made per use, not kept: it holds the map (an iterator keeps its map open), and a map
         holding it back would be a reference cycle that delays closing a dropped map.
         """
-        return MapAccess(self._checked_fd, self.layout, self.info.max_entries, self._where)
+        return MapAccess(
+            self._checked_fd,
+            self.layout,
+            self.info.max_entries,
+            self._where,
+            self._dup,
+            int(self.info.type),
+        )
 
     def decoder(self) -> MapDecoder:
         """This map's BTF decoder, loaded on first use and kept (see :mod:`libbpf_batch.btf`).
@@ -466,6 +498,13 @@ class Map:
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)``, a BpfError it raises naming this map."""
         return named_call(self._where, fn, *args)
+
+    def _check_keyed(self, op: str) -> None:
+        if self.info.type in KEYLESS_TYPES:
+            raise ValueError(
+                f"{op}: {self._where} is a {self.info.type_name}: it has no keys to walk; "
+                "use pop(), peek() and push()"
+            )
 
     def _check_deletable(self, op: str) -> None:
         if self.info.type in UNDELETABLE_TYPES:
@@ -636,6 +675,7 @@ class Map:
     def next_key(self, key: BytesLike | None = None) -> bytes | None:
         """The key after ``key`` (None: the first key); None at the end of the map."""
         fd = self._checked_fd("bpf_map_get_next_key")
+        self._check_keyed("bpf_map_get_next_key")
         k = _bindings.NULL if key is None else self._key(key, "bpf_map_get_next_key")
         out = ffi.new("char[]", self.key_size)
         found = self._call(_bindings.bpf_map_get_next_key, fd, k, out)
@@ -652,6 +692,50 @@ class Map:
     def __contains__(self, key: BytesLike) -> bool:
         return self.lookup(key) is not None
 
+    # -- QUEUE, STACK, BLOOM_FILTER: values without keys ---------------------------------
+    def _keyless(self, op: str, types: frozenset[MapType]) -> int:
+        fd = self._checked_fd(op)
+        if self.info.type not in types:
+            names = "/".join(sorted(t.name for t in types))
+            raise ValueError(f"{op}: {self._where} is a {self.info.type_name}, not a {names}")
+        return fd
+
+    def push(self, value: BytesLike, flags: int = 0) -> None:
+        """QUEUE/STACK: add ``value`` (``ElemFlags.EXIST``: drop the oldest when full);
+        BLOOM_FILTER: add ``value`` to the set."""
+        op = "bpf_map_update_elem"
+        fd = self._keyless(op, KEYLESS_TYPES)
+        v = self._value(value, op)
+        check_uint(flags, "flags", 64, f"{op}: {self._where}")
+        self._call(_bindings.bpf_map_update_elem, fd, _bindings.NULL, v, flags)
+
+    def pop(self) -> bytes | None:
+        """QUEUE/STACK: take the next value (queue: oldest, stack: newest); None when empty."""
+        op = "bpf_map_lookup_and_delete_elem"
+        fd = self._keyless(op, _QUEUE_TYPES)
+        value = ffi.new("char[]", self.value_stride)
+        found = self._call(_bindings.bpf_map_lookup_and_delete_elem, fd, _bindings.NULL, value)
+        return ffi.buffer(value)[:] if found else None
+
+    def peek(self, value: BytesLike | None = None) -> bytes | None:
+        """QUEUE/STACK: the next value without taking it; None when empty.
+
+        BLOOM_FILTER: ``value`` when it may be in the set, None when it is certainly not.
+        """
+        op = "bpf_map_lookup_elem"
+        fd = self._keyless(op, KEYLESS_TYPES)
+        if self.info.type == MapType.BLOOM_FILTER:
+            if value is None:
+                raise TypeError(f"{op}: {self._where}: a bloom filter's peek() takes a value")
+            v = self._value(value, op)
+            found = self._call(_bindings.bpf_map_lookup_elem, fd, _bindings.NULL, v)
+            return bytes(value) if found else None
+        if value is not None:
+            raise TypeError(f"{op}: {self._where}: peek() of a {self.info.type_name} takes none")
+        out = ffi.new("char[]", self.value_stride)
+        found = self._call(_bindings.bpf_map_lookup_elem, fd, _bindings.NULL, out)
+        return ffi.buffer(out)[:] if found else None
+
     # -- one batch, one syscall --------------------------------------------------------
     def lookup_batch(
         self, count: int, cursor: bytes | None = None, *, elem_flags: int = 0, flags: int = 0
@@ -662,6 +746,7 @@ class Map:
         ``done`` says the walk is over. ENOSPC means the next hash bucket holds more than
         ``count`` elements: retry from the same cursor with a larger count.
         """
+        self._check_keyed("bpf_map_lookup_batch")
         return one_batch(self.access, False, count, cursor, elem_flags, flags)
 
     def lookup_and_delete_batch(
@@ -669,8 +754,10 @@ class Map:
     ) -> Batch:
         """Like lookup_batch(), deleting what it returns (hash-family maps only).
 
-        If the kernel fails after deleting elements, the error's ``batch`` holds them.
+        If the kernel fails after deleting elements, the error's ``batch`` holds them; if
+        something else raises (a signal handler) before they are returned, they are put back.
         """
+        self._check_keyed("bpf_map_lookup_and_delete_batch")
         return one_batch(self.access, True, count, cursor, elem_flags, flags)
 
     def update_batch(
@@ -772,6 +859,7 @@ class Map:
         come in no defined order, always as copies, and no key comes twice.
         """
         op = "bpf_map_lookup_batch"
+        self._check_keyed(op)
         threads = self._workers(workers, op)
         if self._mappable(elem_flags, flags):
             capacity = batch_capacity(batch_size, self.max_entries, f"{op}: {self._where}")
@@ -804,7 +892,10 @@ class Map:
         """Yield the map's elements batch by batch, deleting each batch as it is read.
 
         Every element is delivered exactly once; inserts made meanwhile into buckets already
-        drained stay in the map. Stopping early leaves the rest in the map.
+        drained stay in the map. Stopping early leaves the rest in the map. Interrupted
+        anywhere (a signal handler that raises, close() from another thread), a batch the
+        kernel deleted and that was not yet yielded goes back into the map before the
+        exception propagates (see README, "Exactly once").
 
         ``workers`` (0: one per CPU this process may run on) drains a hash-family map's
         buckets in that many threads, batches in no defined order; closing or dropping the
@@ -813,6 +904,7 @@ class Map:
         op = "bpf_map_lookup_and_delete_batch"
         self._checked_fd(op)
         threads = self._workers(workers, op)
+        self._check_keyed(op)
         self._check_deletable(op)
         return lookup_batches(
             self.access,
@@ -863,53 +955,61 @@ class Map:
 
     def drain_items(
         self, batch_size: int | None = None, *, workers: int = 1
-    ) -> Iterator[tuple[bytes, bytes]]:
-        """Every ``(key, value)``, deleting as it reads (see drain()).
+    ) -> Generator[tuple[bytes, bytes], None, None]:
+        """Every ``(key, value)``, deleting as it reads (see drain()); a generator.
 
         Elements are deleted a batch at a time. Stopping in the middle of a batch (break, an
-        exception, dropping the iterator) puts the elements of it not yet taken back into the
-        map, where their key is still absent: a key re-created meanwhile keeps its new value.
+        exception or a signal in the consumer, close(), dropping the generator, the Map closed
+        first) puts the elements of it not yet taken back into the map, where their key is
+        still absent: a key re-created meanwhile keeps its new value. After fork(), only the
+        process that took a batch puts it back.
         """
-        return self._take_pairs(self.drain(batch_size, copy=False, workers=workers))
+        op = "bpf_map_lookup_and_delete_batch"
+        self._checked_fd(op)
+        threads = self._workers(workers, op)
+        self._check_keyed(op)
+        self._check_deletable(op)
+        # checked now, not at the first next(), as drain() does
+        batch_capacity(batch_size, self.max_entries, f"{op}: {self._where}")
+        return self._take_pairs(self.access, batch_size, threads, self._bucket_count())
 
-    def _take_pairs(self, batches: Iterator[Batch]) -> Iterator[tuple[bytes, bytes]]:
-        # chain() hands out pairs with no Python frame per element; a consumer that stops
-        # early drops it, which closes track() at the batch it was in: the rest goes back.
-        def track() -> Iterator[Iterator[tuple[bytes, bytes]]]:
+    @staticmethod
+    def _take_pairs(
+        access: MapAccess, batch_size: int | None, workers: int = 1, n_buckets: int = 0
+    ) -> Generator[tuple[bytes, bytes], None, None]:
+        # `yield from` over the batch's C-level iterator: no Python frame per element and no
+        # point where a signal can be raised between taking a pair and yielding it. Whatever
+        # stops us, the pairs not yet yielded are the iterator's length_hint.
+        op = "bpf_map_lookup_and_delete_batch"
+        hold = Hold(access, op)  # the put-back needs this map even if it is closed meanwhile
+        batch = pairs = None
+        batches: Iterator[Batch] | None = None
+        taker = os.getpid()
+        try:
+            batches = lookup_batches(
+                access,
+                delete=True,
+                batch_size=batch_size,
+                copy=False,
+                hold=hold,
+                workers=workers,
+                n_buckets=n_buckets,
+            )
             for batch in batches:
-                pairs = iter(batch)
-                try:
-                    yield pairs
-                except GeneratorExit:
-                    self._put_back(pairs)
-                    raise
-
-        return itertools.chain.from_iterable(track())
-
-    def _put_back(self, pairs: Iterable[tuple[bytes, bytes]]) -> int:
-        """Re-insert drained elements nobody took (BPF_NOEXIST); returns how many went back."""
-        if self.closed:
-            return 0
-        restored = 0
-        for key, value in pairs:
-            try:
-                if self.info.type == MapType.ARRAY_OF_MAPS:
-                    # arrays refuse NOEXIST (every index exists); an empty slot reads ENOENT
-                    if self.lookup(key) is not None:
-                        continue
-                    flags = ElemFlags.ANY
-                else:
-                    flags = ElemFlags.NOEXIST
-                if self.info.type in MAP_OF_MAPS_TYPES:  # drained as an id, written as an fd
-                    with Map.from_id(int.from_bytes(value, "little")) as inner:
-                        self.update(key, inner, flags)
-                else:
-                    self.update(key, value, flags)
-                restored += 1
-            except BpfError as e:
-                if e.errno not in (errno.EEXIST, errno.ENOENT):  # ENOENT: inner map freed
-                    raise
-        return restored
+                pairs = None
+                taker = os.getpid()
+                it = iter(batch)
+                pairs = it if hasattr(it, "__length_hint__") else iter(list(it))
+                yield from pairs
+        except BaseException:
+            if batch is not None and taker == os.getpid():  # a fork's child never
+                rest = batch.count if pairs is None else operator.length_hint(pairs)
+                put_back(access, batch, batch.count - rest, hold=hold)
+            raise
+        finally:
+            # a parallel walk's workers stop and put back now, not when a traceback lets go
+            getattr(batches, "close", lambda: None)()
+            hold.close()
 
     def __iter__(self) -> Iterator[bytes]:
         return self.keys()
