@@ -31,7 +31,8 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._libbpf import ffi
@@ -99,7 +100,14 @@ class _Share:
 
 
 class _Walk:
-    """The workers, their queue and shared state; closed by the iterator or when dropped."""
+    """The workers, their queue and shared state.
+
+    Everything that must happen once the kernel has deleted elements runs in threads where no
+    signal handler raises: a supervisor starts the workers, joins them, and, unless the
+    consumer took every batch (finish()), puts back what is left in the queue when the
+    consumer is gone (close(), or the iterator dropped: its guard dies). The consumer's thread
+    only takes batches (in C), sets events, and waits.
+    """
 
     def __init__(
         self,
@@ -123,36 +131,36 @@ class _Walk:
         self.room = n  # batches waiting in the queue at most: memory is workers x batch
         self.lock = threading.Lock()
         self.crossings: list[tuple[int, int, set[bytes]]] = []  # (first, after, keys kept)
-        self.stopping = threading.Event()  # an error, or close(): no new calls
-        self.closing = threading.Event()  # close(): undelivered batches go to leftover
-        self.leftover: list[Batch] = []
+        self.stopping = threading.Event()  # an error, or the consumer gone: no new calls
+        self.closing = threading.Event()  # close(): the consumer takes nothing more
+        self.consumed = threading.Event()  # finish(): the consumer took every batch
+        self.launched = threading.Event()  # the supervisor runs
+        self.exited = threading.Event()  # the supervisor (and so every worker) is done
+        self.guard: Callable[[], object] = lambda: self  # replaced by a weakref to the guard
+        self.leftover: list[Batch] = []  # taken from the kernel, never queued
+        self.failed: list[PutBackError] = []
         self.error: BaseException | None = None
         self.called = False  # some call succeeded: no per-key fallback after that
-        self.running = n
-        self.threads: list[threading.Thread] = []
         self.done = False
+
+    def gone(self) -> bool:
+        """The consumer will take no more batches: close(), or the iterator was dropped."""
+        return self.closing.is_set() or self.guard() is None
 
     # -- the consumer's side -------------------------------------------------------------
     def start(self) -> Iterator[Batch]:
-        """Start the workers at the first next(), as the single walk starts its calls."""
+        """Start the supervisor at the first next(), as the single walk starts its calls."""
         if not self.done:
-            if self.hold is None:
-                op = "bpf_map_lookup_and_delete_batch" if self.delete else "bpf_map_lookup_batch"
-                self.hold = Hold(self.access, op)
-            for i in range(len(self.shares)):
-                t = threading.Thread(target=self._work, args=(i,), name=f"libbpf-batch-{i}")
-                t.daemon = True  # never keeps the interpreter alive; close() joins it
-                self.threads.append(t)
-                t.start()
+            supervisor = threading.Thread(target=self._supervise, name="libbpf-batch-supervisor")
+            supervisor.daemon = True  # never keeps the interpreter alive; close() waits for it
+            supervisor.start()
         yield from ()
 
     def finish(self) -> Iterator[Batch]:
-        """After the last batch: join the workers, then raise the first error, if any."""
-        interrupted = self._join()
+        """After the last batch: wait for the threads, then raise the first error, if any."""
+        self.consumed.set()
         self.done = True
-        self._release()
-        if interrupted is not None:
-            raise interrupted
+        self._wait()
         error = self.error
         if error is None:
             return
@@ -165,67 +173,84 @@ class _Walk:
         raise error
 
     def close(self) -> None:
-        """Stop the workers, join them, put back what a drain deleted and nobody received."""
-        if self.done:
-            return
-        self.done = True
-        self.stopping.set()
-        self.closing.set()
-        interrupted = self._join()
-        undelivered = self.leftover
-        while True:
-            try:
-                item = self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not _END:
-                undelivered.append(item)
-        self.leftover = []
-        self.queue.put(_END)  # a next() after close() ends instead of waiting for workers
-        try:
-            if self.delete and undelivered:
-                self._put_back(undelivered)
-        finally:
-            self._release()
-            if interrupted is not None:
-                raise interrupted
+        """Stop the workers and wait for them; a drain puts back what nobody received.
 
-    def _put_back(self, batches: list[Batch]) -> None:
-        """batch.put_back() for each; one PutBackError naming every element that stayed out."""
-        failed: list[PutBackError] = []
-        for batch in batches:
-            try:
-                put_back(self.access, batch, hold=self.hold)
-            except PutBackError as e:
-                failed.append(e)
+        Raises PutBackError for elements that could not go back. Interrupted while waiting
+        (another Ctrl-C), the put-back still completes in the supervisor's thread.
+        """
+        self.done = True
+        self.closing.set()
+        self._wait()
+        self.queue.put(_END)  # a next() after close() ends instead of waiting
+        failed, self.failed = self.failed, []
         if failed:
             keys = [k for e in failed for k in e.keys]
             raise PutBackError.of(failed[0].errno, self.access.where, keys)
 
-    def _release(self) -> None:
-        hold, self.hold = self.hold, None
-        if hold is not None and self.own_hold:
-            hold.close()
+    def _wait(self) -> None:
+        if self.launched.is_set():
+            self.exited.wait()
+        # else: start() was interrupted before the supervisor ran; if it runs later it sees
+        # the consumer gone and returns without a call
 
-    def _join(self) -> BaseException | None:
-        # Another Ctrl-C while joining must not leave a worker running or skip the put-back:
-        # keep joining, and hand the interrupt back to raise afterwards.
-        interrupted: BaseException | None = None
-        for t in self.threads:
-            while t.is_alive():
-                try:
-                    t.join()
-                except BaseException as e:  # noqa: BLE001 - KeyboardInterrupt in join(): raised later
-                    self.stopping.set()
-                    self.closing.set()
-                    interrupted = interrupted or e
-        return interrupted
+    # -- the supervisor ------------------------------------------------------------------
+    def _supervise(self) -> None:
+        self.launched.set()
+        try:
+            if self.gone():
+                return
+            if self.hold is None:
+                op = "bpf_map_lookup_and_delete_batch" if self.delete else "bpf_map_lookup_batch"
+                self.hold = Hold(self.access, op)
+            workers = [
+                threading.Thread(target=self._work, args=(i,), name=f"libbpf-batch-{i}")
+                for i in range(len(self.shares))
+            ]
+            for t in workers:
+                t.start()
+            for t in workers:
+                t.join()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer's thread
+            self._fail(e)
+        finally:
+            try:
+                self.queue.put(_END)  # after every batch: the consumer ends here
+                while not self.consumed.is_set() and not self.gone():
+                    self.consumed.wait(0.005)  # the consumer is still taking batches
+                if not self.consumed.is_set():
+                    self._put_back()
+            finally:
+                hold, self.hold = self.hold, None
+                if hold is not None and self.own_hold:
+                    hold.close()
+                self.exited.set()
+
+    def _put_back(self) -> None:
+        """Everything the consumer did not take, back into the map (drains only)."""
+        try:  # the consumer is gone: what is left in the queue is nobody's
+            self.leftover.extend(iter(self.queue.get_nowait, _END))
+        except queue.Empty:
+            pass
+        if not self.delete:
+            self.leftover.clear()
+            return
+        while self.leftover:
+            try:
+                put_back(self.access, self.leftover.pop(), hold=self.hold)
+            except PutBackError as e:
+                self.failed.append(e)
+
+    def _fail(self, e: BaseException) -> None:
+        with self.lock:
+            if self.error is None:
+                self.error = e  # the first error wins; the others stop cleanly
+        self.stopping.set()
 
     # -- the workers' side ---------------------------------------------------------------
     def _work(self, i: int) -> None:
         share = self.shares[i]
         try:
-            assert self.hold is not None  # made by start(), released after the join
+            assert self.hold is not None  # made by the supervisor, released after the join
             walk = ranged_batches(
                 self.hold.fd,
                 self.access,
@@ -248,10 +273,7 @@ class _Walk:
                 if not self._deliver(i, batch, first, after):
                     break
         except BaseException as e:  # noqa: BLE001 - re-raised in the consumer's thread
-            with self.lock:
-                if self.error is None:
-                    self.error = e  # the first error wins; the others stop cleanly
-            self.stopping.set()
+            self._fail(e)
         finally:
             with self.lock:
                 share.finished = True  # its lead stays: an earlier worker may still cross
@@ -259,10 +281,6 @@ class _Walk:
                     if all(s.finished for s in self.shares if s.start < later.start):
                         later.recording = False
                         later.lead = set()
-                self.running -= 1
-                last = self.running == 0
-            if last:
-                self.queue.put(_END)
 
     def _deliver(self, i: int, batch: Batch, first: int, after: int) -> bool:
         """Queue ``batch`` for the consumer; False when closing (kept to be put back)."""
@@ -271,12 +289,12 @@ class _Walk:
         if not batch.count:
             return True
         pause = 0.0001
-        while self.queue.qsize() >= self.room and not self.closing.is_set():
+        while self.queue.qsize() >= self.room and not self.gone():
             time.sleep(pause)  # the consumer is behind: wait for room, not for memory
             pause = min(pause * 2, 0.005)
-        if self.closing.is_set():
-            if self.delete:
-                self.leftover.append(batch)
+        if self.gone():
+            self.leftover.append(batch)  # the supervisor puts it back
+            self.stopping.set()
             return False
         self.queue.put(batch)
         return True
@@ -340,12 +358,17 @@ def _without(batch: Batch, keys: list[bytes], drop: set[bytes]) -> Batch:
 
 
 class _Guard:
-    """Closes the walk when the last reference to it goes (the iterator dropped or collected)."""
+    """Alive while the iterator is: its death tells the supervisor that the consumer is gone.
 
-    __slots__ = ("walk",)
+    Its __del__ only speeds that up and waits for the threads; the supervisor watches a weak
+    reference to it, so the put-back happens even if a signal stops __del__ at its first line.
+    """
+
+    __slots__ = ("__weakref__", "walk")
 
     def __init__(self, walk: _Walk) -> None:
         self.walk = walk
+        walk.guard = weakref.ref(self)
 
     def __del__(self) -> None:
         self.walk.close()
