@@ -12,8 +12,8 @@ Batches reach the one consumer through a queue, in no defined order across worke
 Python bytecode in between where a signal (raised only in the main thread, the consumer) could
 drop a batch the kernel already deleted; workers, where no signal handler runs, never lose
 one between the kernel and the queue. What a drain's workers hold when the walk is closed
-early (break, an exception, a dropped iterator) is put back with batch.put_back() through the
-walk's Hold (a dup of the map's fd, so it works after Map.close() too).
+early (break, an exception, a dropped iterator) is put back with batch.put_back() by the
+supervisor thread, through the walk's Hold (a dup of the map's fd: works after Map.close()).
 
 A lookup-only walk must not return a key twice, and a worker's last batch may run past its end
 into the next share (the kernel fills the buffer with whole buckets). A key's bucket is fixed,
