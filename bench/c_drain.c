@@ -15,8 +15,13 @@
  *       -lelf -lz -o build/bench/c_drain
  * Usage:
  *   c_drain --type hash|percpu_hash --key-size K --value-size V \
- *           --entries N [--reps R] [--batch-size B] [--scenarios fill_batch,drain_batch,...]
- *   c_drain --fd FD [--reps R] [--batch-size B] [--scenarios ...]
+ *           --entries N [--reps R] [--batch-size B] [--threads T] [--scenarios a,b,...]
+ *   c_drain --fd FD [--reps R] [--batch-size B] [--threads T] [--scenarios ...]
+ * --threads T splits lookup_batch and drain_batch among T pthreads as the library's workers
+ * do: thread i starts at bucket n_buckets * i / T (n_buckets = roundup_pow_of_two(N)) and
+ * stops once out_batch reaches the next thread's start; the last runs to ENOENT. A lookup's
+ * last batch may run into the next share: keys seen twice there are skipped (a bitmap of keys
+ * 0..N-1, the cheapest check C can make); a drain seeing a key twice fails the run.
  * With --fd, the program uses that (empty) map, inherited from its parent, instead of creating
  * one: type and sizes come from the kernel, N is its max_entries, and it is left empty. The
  * Python benchmark uses this so that C and Python measure the very same map.
@@ -30,6 +35,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <pthread.h>
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -62,6 +69,9 @@ static struct {
 	/* the batch buffers, grown on ENOSPC */
 	unsigned char *bkeys, *bvalues;
 	__u32 capacity;
+	__u32 threads;
+	/* --threads: one bit per key 0..n-1, set when a thread first delivers it */
+	uint64_t *seen;
 } m;
 
 static void die(const char *fmt, ...)
@@ -203,6 +213,105 @@ static void walk_batch(int delete, struct tally *t)
 	}
 }
 
+/* -- the same walk split among threads by bucket ------------------------------------------ */
+
+struct share {
+	pthread_t thread;
+	int delete;
+	__u32 start;
+	uint64_t end;  /* the next share's start; past every bucket for the last */
+	struct tally t;
+	uint64_t seam_dups;
+	const char *error;
+	int err;
+};
+
+static void *walk_share(void *arg)
+{
+	struct share *sh = arg;
+	__u32 capacity = m.batch < m.n ? m.batch : m.n, count, cursor = sh->start;
+	unsigned char *keys = malloc((size_t)capacity * m.key_size);
+	unsigned char *values = malloc((size_t)capacity * m.value_stride);
+	int err;
+
+	if (!keys || !values) {
+		sh->error = "out of memory";
+		return NULL;
+	}
+	for (;;) {
+		count = capacity;
+		err = sh->delete ? bpf_map_lookup_and_delete_batch(m.fd, &cursor, &cursor, keys,
+								   values, &count, NULL)
+				 : bpf_map_lookup_batch(m.fd, &cursor, &cursor, keys, values, &count,
+							NULL);
+		if (err == -ENOSPC) {
+			if (capacity >= m.n) {
+				sh->error = "ENOSPC with a batch of max_entries";
+				break;
+			}
+			capacity = capacity * 2 > m.n ? m.n : capacity * 2;
+			keys = realloc(keys, (size_t)capacity * m.key_size);
+			values = realloc(values, (size_t)capacity * m.value_stride);
+			if (!keys || !values) {
+				sh->error = "out of memory";
+				return NULL;
+			}
+			continue;
+		}
+		if (err && err != -ENOENT) {
+			sh->error = sh->delete ? "bpf_map_lookup_and_delete_batch"
+					       : "bpf_map_lookup_batch";
+			sh->err = err;
+			break;
+		}
+		for (__u32 i = 0; i < count; i++) {
+			const unsigned char *key = keys + (size_t)i * m.key_size;
+			uint64_t k = get_le(key, m.key_size), bit = 1ULL << (k % 64);
+
+			if (k < m.n && __atomic_fetch_or(&m.seen[k / 64], bit, __ATOMIC_RELAXED) & bit) {
+				sh->seam_dups++;  /* read by the previous share's last batch too */
+				continue;
+			}
+			tally_element(&sh->t, key, values + (size_t)i * m.value_stride);
+		}
+		if (err == -ENOENT || cursor >= sh->end)
+			break;
+	}
+	free(keys);
+	free(values);
+	return NULL;
+}
+
+static void walk_threads(int delete, struct tally *t)
+{
+	uint64_t n_buckets = 1, words = ((uint64_t)m.n + 63) / 64;
+	struct share *shares = calloc(m.threads, sizeof(*shares));
+
+	while (n_buckets < m.n)
+		n_buckets <<= 1;
+	if (!shares)
+		die("out of memory");
+	memset(m.seen, 0, words * sizeof(uint64_t));
+	for (__u32 i = 0; i < m.threads; i++) {
+		shares[i].delete = delete;
+		shares[i].start = (__u32)(n_buckets * i / m.threads);
+		shares[i].end = i + 1 < m.threads ? n_buckets * (i + 1) / m.threads : UINT64_MAX;
+		if (pthread_create(&shares[i].thread, NULL, walk_share, &shares[i]))
+			die("pthread_create failed");
+	}
+	for (__u32 i = 0; i < m.threads; i++) {
+		pthread_join(shares[i].thread, NULL);
+		if (shares[i].error)
+			die("thread %u: %s: %s", i, shares[i].error, strerror(-shares[i].err));
+		if (delete && shares[i].seam_dups)
+			die("drain: %llu keys delivered twice", (unsigned long long)shares[i].seam_dups);
+		t->count += shares[i].t.count;
+		t->key_sum += shares[i].t.key_sum;
+		t->bad_values += shares[i].t.bad_values;
+	}
+	free(shares);
+}
+
 /* -- per-key walks: the next key is taken before the current one is deleted -------------- */
 
 static void walk_key(int delete, struct tally *t)
@@ -236,7 +345,7 @@ static void drain_untimed(void)
 {
 	struct tally t = {0};
 
-	walk_batch(1, &t);
+	walk_batch(1, &t);  /* untimed: the single loop, whatever --threads says */
 	check_tally(&t, "drain");
 	check_empty("drain");
 }
@@ -253,8 +362,9 @@ static int cmp_double(const void *a, const void *b)
 static void usage(void)
 {
 	fputs("usage: c_drain --type hash|percpu_hash --key-size K --value-size V --entries N\n"
-	      "               [--reps R] [--batch-size B] [--scenarios a,b,...]\n"
-	      "       c_drain --fd FD [--reps R] [--batch-size B] [--scenarios a,b,...]\n", stderr);
+	      "               [--reps R] [--batch-size B] [--threads T] [--scenarios a,b,...]\n"
+	      "       c_drain --fd FD [--reps R] [--batch-size B] [--threads T] [--scenarios ...]\n",
+	      stderr);
 	exit(2);
 }
 
@@ -309,6 +419,7 @@ int main(int argc, char **argv)
 		{"batch-size", required_argument, NULL, 'b'},
 		{"scenarios", required_argument, NULL, 's'},
 		{"fd", required_argument, NULL, 'f'},
+		{"threads", required_argument, NULL, 'T'},
 		{NULL, 0, NULL, 0},
 	};
 	const struct map_types *type = NULL;
@@ -319,6 +430,7 @@ int main(int argc, char **argv)
 	double *samples[N_SCENARIOS];
 
 	m.batch = 4096;
+	m.threads = 1;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
 		case 't':
@@ -335,6 +447,7 @@ int main(int argc, char **argv)
 		case 'b': m.batch = parse_num(optarg, "--batch-size", 1); break;
 		case 's': list = optarg; break;
 		case 'f': fd = (long)parse_num(optarg, "--fd", 0); break;
+		case 'T': m.threads = parse_num(optarg, "--threads", 1); break;
 		default: usage();
 		}
 	}
@@ -391,6 +504,9 @@ int main(int argc, char **argv)
 			put_le(m.values + (size_t)i * m.value_stride + cpu * m.slot, m.value_size,
 			       (uint64_t)i + 1 + cpu);
 	}
+	m.seen = calloc((m.n + 63) / 64, sizeof(uint64_t));
+	if (!m.seen)
+		die("out of memory");
 	m.capacity = m.batch < m.n ? m.batch : m.n;
 	m.bkeys = malloc((size_t)m.capacity * m.key_size);
 	m.bvalues = malloc((size_t)(m.capacity > 1 ? m.capacity : 1) * m.value_stride);
@@ -425,9 +541,19 @@ int main(int argc, char **argv)
 			switch (s) {
 			case FILL_BATCH: fill_batch(); break;
 			case FILL_KEY: fill_key(); break;
-			case LOOKUP_BATCH: walk_batch(0, &t); break;
+			case LOOKUP_BATCH:
+				if (m.threads > 1)
+					walk_threads(0, &t);
+				else
+					walk_batch(0, &t);
+				break;
 			case LOOKUP_KEY: walk_key(0, &t); break;
-			case DRAIN_BATCH: walk_batch(1, &t); break;
+			case DRAIN_BATCH:
+				if (m.threads > 1)
+					walk_threads(1, &t);
+				else
+					walk_batch(1, &t);
+				break;
 			case DRAIN_KEY: walk_key(1, &t); break;
 			}
 			t1 = now_ns();
@@ -454,10 +580,10 @@ int main(int argc, char **argv)
 
 	printf("{\"program\": \"c_drain\", \"libbpf\": \"%s\", \"map_type\": \"%s\", "
 	       "\"key_size\": %u, \"value_size\": %u, \"value_stride\": %u, \"ncpus\": %u, "
-	       "\"entries\": %u, \"batch_size\": %u, \"reps\": %lu, \"checked\": true, "
-	       "\"scenarios\": {",
+	       "\"entries\": %u, \"batch_size\": %u, \"threads\": %u, \"reps\": %lu, "
+	       "\"checked\": true, \"scenarios\": {",
 	       libbpf_version_string(), type->name, m.key_size, m.value_size, m.value_stride,
-	       m.ncpus, m.n, m.batch, reps);
+	       m.ncpus, m.n, m.batch, m.threads, reps);
 	for (int s = 0, first = 1; s < N_SCENARIOS; s++) {
 		if (!want[s])
 			continue;

@@ -548,6 +548,8 @@ def lookup_batches(
     flags: int = 0,
     copy: bool = True,
     hold: Hold | None = None,
+    workers: int = 1,
+    n_buckets: int = 0,
 ) -> Iterator[Batch]:
     """Feed out_batch back as in_batch until the kernel says ENOENT.
 
@@ -556,7 +558,9 @@ def lookup_batches(
     EINVAL from kernels before 5.6) switches to per-key iteration. Elements a call returned are
     yielded before any error it reported is raised; elements a drain deleted when a signal
     handler (or anything) raised before they were yielded are put back first. ``hold``: the
-    fd to use (the caller's, kept open after the walk); default: the walk's own Hold.
+    fd to use (the caller's, kept open after the walk); default: the walk's own Hold. With
+    ``n_buckets`` (hash-family maps) and ``workers`` > 1, the buckets are split among threads
+    (``_parallel``).
     """
     op, _ = _lookup_call(delete)
     # Checked now, not at the first next(): a bad argument fails where it was written.
@@ -564,6 +568,10 @@ def lookup_batches(
     where = f"{op}: {access.where}"
     capacity = batch_capacity(batch_size, access.max_entries, where)
     opts = batch_opts(elem_flags, flags, where)
+    if workers > 1 and n_buckets > 1:
+        from ._parallel import parallel_batches  # it builds on this module
+
+        return parallel_batches(access, delete, capacity, opts, workers, n_buckets, hold)
     return _walk(access, delete, capacity, opts, bool(elem_flags or flags), copy, hold)
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import enum
 import errno
+import fcntl
 import itertools
+import mmap as mmap_module
 import operator
 import os
+import sys
 import threading
 import warnings
+from array import array
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
@@ -24,6 +28,7 @@ from ._cdata import (
     create_opts,
     element,
     join_elements,
+    percpu_slot,
     read_map_info,
 )
 from ._libbpf import ffi, lib
@@ -126,6 +131,10 @@ PERCPU_TYPES = frozenset(
     }
 )
 MAP_OF_MAPS_TYPES = frozenset({MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS})
+# hashtab.c: a batch cursor that is a bucket index, so a walk can be split among threads.
+PARALLEL_TYPES = frozenset(
+    {MapType.HASH, MapType.PERCPU_HASH, MapType.LRU_HASH, MapType.LRU_PERCPU_HASH}
+)
 # Plain arrays have no delete at all (arraymap.c), so they can't be drained.
 UNDELETABLE_TYPES = frozenset({MapType.ARRAY, MapType.PERCPU_ARRAY})
 # No keys (key_size 0): the kernel refuses get_next_key and batch ops; pop/peek/push instead.
@@ -169,6 +178,11 @@ class MapInfo:
 def _fd_kind(fd: int) -> str:
     """What /proc says the fd is: 'anon_inode:bpf-map' for a map."""
     return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def _read_only_fd(fd: int) -> bool:
+    """True for an fd opened read-only: the kernel gives MapFlags.RDONLY maps one."""
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
 
 
 def _require_map_fd(fd: int, op: str, what: str) -> None:
@@ -282,6 +296,9 @@ class Map:
         )
         self._where = f"map {self.info.name!r} (id {self.info.id})"
         self._decoder: MapDecoder | None = None
+        self._mapping: mmap_module.mmap | None = None
+        self._view: memoryview | None = None
+        self._index_keys: bytes | None = None
 
     # -- constructors ------------------------------------------------------------------
     @classmethod
@@ -381,12 +398,13 @@ class Map:
 
     # -- lifecycle ---------------------------------------------------------------------
     def close(self) -> None:
-        """Close the map's fd; further operations raise ValueError. Idempotent.
+        """Close the map's fd and release its mmap(); further operations raise ValueError.
 
         An iterator running in another thread finishes the call it is in on this map (it has
         its own duplicate of the fd), then raises ValueError; drain_items() still puts back
         the rest of its batch.
         """
+        self._unmap()
         with self._lock:
             fd, self._fd = self._fd, -1
             if fd >= 0:
@@ -542,6 +560,116 @@ class Map:
             return ffi.new("__u32 *", fd)
         hint = f" (round_up({self.value_size}, 8) x {self.ncpus} CPUs)" if self.is_percpu else ""
         return element(value, self.value_stride, "value", where, hint)
+
+    # -- mmapable arrays: read and written with no syscall ------------------------------
+    @property
+    def is_mmapable(self) -> bool:
+        """True for an ARRAY created with MapFlags.MMAPABLE: mmap() works on it."""
+        return self.info.type == MapType.ARRAY and bool(self.flags & MapFlags.MMAPABLE)
+
+    def mmap(self) -> memoryview:
+        """The values of an mmapable ARRAY, mapped: element i at i * round_up(value_size, 8).
+
+        ``max_entries * round_up(value_size, 8)`` bytes, read and written with no syscall
+        (no BPF_F_LOCK: a value can be caught mid-write). Writable unless the map is read-only
+        for user space (MapFlags.RDONLY, a read-only fd, or frozen). One mapping per Map, valid
+        while it is open; close() releases it (a view derived from it, such as a slice or a
+        numpy array, keeps the memory mapped until that view is released).
+        """
+        op = "mmap"
+        fd = self._checked_fd(op)
+        if not self.is_mmapable:
+            what = self.info.type_name if self.info.type != MapType.ARRAY else "array without it"
+            raise ValueError(
+                f"{op}: {self._where}: only an ARRAY created with MapFlags.MMAPABLE can be "
+                f"mapped (this is a {what})"
+            )
+        if self._view is None:
+            size = self.max_entries * percpu_slot(self.value_size)
+            length = -(-size // mmap_module.PAGESIZE) * mmap_module.PAGESIZE
+            # bpf_map_mmap(): a writable mapping of a frozen map is EPERM, of a program-read-only
+            # map EACCES: map it read-only instead. A MapFlags.RDONLY map's fd is read-only,
+            # which makes any shared mapping private, and the kernel refuses those (EINVAL).
+            for mode in (mmap_module.ACCESS_WRITE, mmap_module.ACCESS_READ):
+                try:
+                    self._mapping = mmap_module.mmap(fd, length, access=mode)
+                    break
+                except OSError as e:
+                    if mode == mmap_module.ACCESS_WRITE and e.errno in (errno.EPERM, errno.EACCES):
+                        continue
+                    hint = ""
+                    if _read_only_fd(fd):
+                        hint = "its fd is read-only (MapFlags.RDONLY): read it with items()"
+                    err = error_from_errno(e.errno or errno.EINVAL, op, self._where)
+                    raise err.at(self._where, hint) if hint else err from None
+            assert self._mapping is not None
+            self._view = memoryview(self._mapping)[:size]
+        return self._view
+
+    def mmap_batch(self, start: int = 0, count: int | None = None) -> Batch:
+        """Elements [start, start + count) of an mmapable ARRAY as a Batch, with no syscall.
+
+        Values are views of the mapping (live: a BPF program's writes show) when value_size
+        is a multiple of 8, else copies without the padding; keys are the u32 indices. So
+        ``m.mmap_batch().to_numpy()`` reads the whole array in numpy.
+        """
+        view = self.mmap()
+        where = f"mmap_batch: {self._where}"
+        check_uint(start, "start", 32, where)
+        if count is None:
+            count = self.max_entries - min(start, self.max_entries)
+        check_uint(count, "count", 32, where)
+        if start + count > self.max_entries:
+            raise ValueError(
+                f"{where}: elements [{start}, {start + count}) are past max_entries "
+                f"{self.max_entries}"
+            )
+        return self._mapped(view, start, count, copy=False)
+
+    def _mapped(self, view: memoryview, start: int, count: int, copy: bool) -> Batch:
+        size, slot = self.value_size, percpu_slot(self.value_size)
+        area = view[start * slot : (start + count) * slot]
+        values: BytesLike = area
+        if slot != size:  # drop the padding: a Batch holds value_size bytes per value
+            packed = bytearray(count * size)
+            for j in range(size):
+                packed[j::size] = area[j::slot]
+            values = packed
+        elif copy:
+            values = area.tobytes()
+        keys = memoryview(self._indices())[start * 4 : (start + count) * 4]
+        last = start + count - 1
+        cursor = last.to_bytes(4, sys.byteorder) if count else b""
+        done = start + count >= self.max_entries
+        k = keys.tobytes() if copy else keys
+        return Batch(self.layout, count, k, values, cursor, done, self.decoder)
+
+    def _indices(self) -> bytes:
+        """Every array index as a u32 key, made once per map (the keys never change)."""
+        if self._index_keys is None:
+            self._index_keys = array("I", range(self.max_entries)).tobytes()
+        return self._index_keys
+
+    def _mapped_batches(self, view: memoryview, capacity: int, copy: bool) -> Iterator[Batch]:
+        """batches() of an mmapable array: slices of the mapping, no syscall per batch."""
+        for start in range(0, self.max_entries, capacity):
+            count = min(capacity, self.max_entries - start)
+            yield self._mapped(view, start, count, copy)
+
+    def _mappable(self, elem_flags: int, flags: int) -> bool:
+        # BPF_F_LOCK (or any flag) asks for the syscall's semantics, which a mapping lacks.
+        return self.is_mmapable and not elem_flags and not flags and array("I").itemsize == 4
+
+    def _unmap(self) -> None:
+        view, mapping = self._view, self._mapping
+        self._view = self._mapping = None
+        try:
+            if view is not None:
+                view.release()
+            if mapping is not None:
+                mapping.close()
+        except BufferError:
+            pass  # a view the caller derived still uses it: unmapped once that is released
 
     # -- one key, one syscall ----------------------------------------------------------
     def lookup(self, key: BytesLike, *, flags: int = 0) -> bytes | None:
@@ -736,6 +864,7 @@ class Map:
         elem_flags: int = 0,
         flags: int = 0,
         copy: bool = True,
+        workers: int = 1,
     ) -> Iterator[Batch]:
         """Yield the map's elements batch by batch (lookup only).
 
@@ -751,9 +880,24 @@ class Map:
         lookup). Every batch moves past at least one bucket, so the walk ends within
         roundup_pow_of_two(max_entries) batches. Other maps walk key by key: an array
         returns each index once; an LPM trie whose cursor key is deleted restarts from its
-        first key, so keys may repeat.
+        first key, so keys may repeat. An mmapable ARRAY (without flags) is read through
+        mmap(), with no syscall: ``copy=False`` batches are live views of the mapping.
+
+        ``workers`` threads (0: one per CPU this process may run on) split a hash-family map's
+        buckets among them (see PARALLEL_TYPES; other types walk in one thread). Batches then
+        come in no defined order, always as copies, and no key comes twice.
         """
-        self._check_keyed("bpf_map_lookup_batch")
+        op = "bpf_map_lookup_batch"
+        self._check_keyed(op)
+        threads = self._workers(workers, op)
+        if self._mappable(elem_flags, flags):
+            capacity = batch_capacity(batch_size, self.max_entries, f"{op}: {self._where}")
+            try:
+                view = self.mmap()
+            except BpfError:
+                pass  # not mappable by this fd (write-only): the syscalls say why
+            else:
+                return self._mapped_batches(view, capacity, copy)
         return lookup_batches(
             self.access,
             delete=False,
@@ -761,6 +905,8 @@ class Map:
             elem_flags=elem_flags,
             flags=flags,
             copy=copy,
+            workers=threads,
+            n_buckets=self._bucket_count(),
         )
 
     def drain(
@@ -770,6 +916,7 @@ class Map:
         elem_flags: int = 0,
         flags: int = 0,
         copy: bool = True,
+        workers: int = 1,
     ) -> Iterator[Batch]:
         """Yield the map's elements batch by batch, deleting each batch as it is read.
 
@@ -778,9 +925,14 @@ class Map:
         anywhere (a signal handler that raises, close() from another thread), a batch the
         kernel deleted and that was not yet yielded goes back into the map before the
         exception propagates (see README, "Exactly once").
+
+        ``workers`` (0: one per CPU this process may run on) drains a hash-family map's
+        buckets in that many threads, batches in no defined order; closing or dropping the
+        iterator early puts back what the workers had deleted and not delivered.
         """
         op = "bpf_map_lookup_and_delete_batch"
         self._checked_fd(op)
+        threads = self._workers(workers, op)
         self._check_keyed(op)
         self._check_deletable(op)
         return lookup_batches(
@@ -790,29 +942,48 @@ class Map:
             elem_flags=elem_flags,
             flags=flags,
             copy=copy,
+            workers=threads,
+            n_buckets=self._bucket_count(),
         )
+
+    def _workers(self, workers: int, op: str) -> int:
+        """``workers`` checked; 0 becomes one per CPU in this process's affinity mask."""
+        check_uint(workers, "workers", 16, f"{op}: {self._where}")
+        return workers or len(os.sched_getaffinity(0))
+
+    def _bucket_count(self) -> int:
+        """hashtab.c's n_buckets: roundup_pow_of_two(max_entries); 0 for other types.
+
+        The kernel reports max_entries already rounded for BPF_F_NO_COMMON_LRU (to a multiple
+        of the possible CPUs). Only the split depends on it: the last worker runs to ENOENT.
+        """
+        if self.info.type not in PARALLEL_TYPES:
+            return 0
+        return 1 << (max(self.max_entries, 1) - 1).bit_length()
 
     # items/keys/values/drain_items chain each batch's C-level iterator (Batch.__iter__) so
     # no Python frame runs per element; a batch's iterator is used up before the next batch
     # overwrites the shared buffers. Like generators, they start reading at the first next().
-    def items(self, batch_size: int | None = None) -> Iterator[tuple[bytes, bytes]]:
-        """Every ``(key, value)``, read in batches."""
-        return itertools.chain.from_iterable(self.batches(batch_size, copy=False))
+    def items(
+        self, batch_size: int | None = None, *, workers: int = 1
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Every ``(key, value)``, read in batches (``workers``: see batches())."""
+        return itertools.chain.from_iterable(self.batches(batch_size, copy=False, workers=workers))
 
-    def keys(self, batch_size: int | None = None) -> Iterator[bytes]:
-        """Every key, read in batches."""
+    def keys(self, batch_size: int | None = None, *, workers: int = 1) -> Iterator[bytes]:
+        """Every key, read in batches (``workers``: see batches())."""
         return itertools.chain.from_iterable(
-            map(Batch.key_list, self.batches(batch_size, copy=False))
+            map(Batch.key_list, self.batches(batch_size, copy=False, workers=workers))
         )
 
-    def values(self, batch_size: int | None = None) -> Iterator[bytes]:
-        """Every value, read in batches."""
+    def values(self, batch_size: int | None = None, *, workers: int = 1) -> Iterator[bytes]:
+        """Every value, read in batches (``workers``: see batches())."""
         return itertools.chain.from_iterable(
-            map(Batch.value_list, self.batches(batch_size, copy=False))
+            map(Batch.value_list, self.batches(batch_size, copy=False, workers=workers))
         )
 
     def drain_items(
-        self, batch_size: int | None = None
+        self, batch_size: int | None = None, *, workers: int = 1
     ) -> Generator[tuple[bytes, bytes], None, None]:
         """Every ``(key, value)``, deleting as it reads (see drain()); a generator.
 
@@ -824,15 +995,16 @@ class Map:
         """
         op = "bpf_map_lookup_and_delete_batch"
         self._checked_fd(op)
+        threads = self._workers(workers, op)
         self._check_keyed(op)
         self._check_deletable(op)
         # checked now, not at the first next(), as drain() does
         batch_capacity(batch_size, self.max_entries, f"{op}: {self._where}")
-        return self._take_pairs(self.access, batch_size)
+        return self._take_pairs(self.access, batch_size, threads, self._bucket_count())
 
     @staticmethod
     def _take_pairs(
-        access: MapAccess, batch_size: int | None
+        access: MapAccess, batch_size: int | None, workers: int = 1, n_buckets: int = 0
     ) -> Generator[tuple[bytes, bytes], None, None]:
         # `yield from` over the batch's C-level iterator: no Python frame per element and no
         # point where a signal can be raised between taking a pair and yielding it. Whatever
@@ -840,10 +1012,17 @@ class Map:
         op = "bpf_map_lookup_and_delete_batch"
         hold = Hold(access, op)  # the put-back needs this map even if it is closed meanwhile
         batch = pairs = None
+        batches: Iterator[Batch] | None = None
         taker = os.getpid()
         try:
             batches = lookup_batches(
-                access, delete=True, batch_size=batch_size, copy=False, hold=hold
+                access,
+                delete=True,
+                batch_size=batch_size,
+                copy=False,
+                hold=hold,
+                workers=workers,
+                n_buckets=n_buckets,
             )
             for batch in batches:
                 pairs = None
@@ -857,6 +1036,8 @@ class Map:
                 put_back(access, batch, batch.count - rest, hold=hold)
             raise
         finally:
+            # a parallel walk's workers stop and put back now, not when a traceback lets go
+            getattr(batches, "close", lambda: None)()
             hold.close()
 
     def __iter__(self) -> Iterator[bytes]:
