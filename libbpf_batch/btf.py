@@ -17,6 +17,7 @@ import itertools
 import json
 import struct
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from dataclasses import field as _default
 from typing import Any, Callable, Union
@@ -789,6 +790,7 @@ class Plan:
         )
         self._field_code = (code.fields, comp.field_leaves)
         self._field_values: Callable[[Any, int], list[tuple[Any, ...]]] | None = None
+        self._field_rows: Any = None
         self._columns = [self._column(f, e) for f, e in code.fields]
         self.json_format, self.json_args = _format(code.js)
         fmt_name = f"_{prefix}json_format"
@@ -815,13 +817,26 @@ class Plan:
             names += [f"{self.prefix}f{i}" for i in range(len(extra))]
             iterate, target = self._iteration(self.btf._order, leaves, names, "funpack")
             values = "(" + "".join(f"{e}, " for _f, e in fields) + ")"
+            if values == target:  # the unpacked tuples are the fields: no step per element
+                rows, each = iterate, f"list({iterate})"
+            else:
+                each = f"[{values} for {target} in {iterate}]"
+                rows = each
             src = (
-                f"def field_values({self.buf}, count):\n"
-                f"    return [{values} for {target} in {iterate}]\n"
+                f"def field_values({self.buf}, count):\n    return {each}\n"
+                f"def field_rows({self.buf}, count):\n    return {rows}\n"
             )
             exec(compile(src, "<BTF plan: fields>", "exec"), self.ns)  # noqa: S102
             self._field_values = self.ns["field_values"]
+            self._field_rows = self.ns["field_rows"]
         return self._field_values(buf, count)
+
+    def field_rows(self, buf: Any, count: int) -> Iterable[tuple[Any, ...]]:
+        """``field_values`` as an iterable, read lazily where the unpacked tuples are the
+        fields themselves (plain ints and floats): ``buf`` must not change meanwhile."""
+        if self._field_values is None:
+            self.field_values(buf, 0)
+        return self._field_rows(buf, count)  # type: ignore[no-any-return]
 
     def field_columns(self, buf: Any, count: int) -> list[list[Any]]:
         """``field_values`` by column: one list per field, of ``count`` values. A plain int
@@ -831,7 +846,7 @@ class Plan:
         out: list[list[Any]] = []
         for i, (code, start, step) in enumerate(self._columns):
             if code:
-                out.append(view.cast(code)[start::step].tolist())
+                out.append(view.cast(code)[start::step].tolist())  # type: ignore[call-overload]
                 continue
             if rows is None:
                 rows = list(zip(*self.field_values(buf, count))) or [()] * len(self._columns)

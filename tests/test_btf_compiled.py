@@ -184,6 +184,7 @@ def test_plan_fields_agree_with_the_reference_decoder(
     rows = plan.field_values(data, count)
     assert len(rows) == count and all(len(r) == len(plan.fields) for r in rows)
     assert plan.field_columns(data, count) == [list(c) for c in zip(*rows)] or not rows[0]
+    assert list(plan.field_rows(data, count)) == rows
     names = [f.name for f in plan.fields]
     for i in range(count):
         element = data[i * stride : (i + 1) * stride]

@@ -21,12 +21,14 @@ from . import text
 from .config import ConfigError, MetricSpec, sanitize
 from .decoders import DecodeError, DecoderSet, KeyDecoder, SkipRow
 from .histogram import bucket_bound, bucket_keys
-from .rows import label_text, line_writer, read_rows
+from .rows import INT_KINDS, label_text, label_writer, read_rows, sample_lines, value_column
 
 log = logging.getLogger("libbpf_batch.exporter")
 
 CHUNK_ROWS = 8192  # rows formatted per text chunk
-_INT_KINDS = ("uint", "int")  # what f"{v}" writes as Prometheus reads it
+# key fields whose text tells every value apart: distinct keys, distinct label sets (a char
+# array's text ends at its NUL, so two keys may share one: those rows are added up)
+_DISTINCT_KINDS = INT_KINDS | {"enum", "pointer", "union", "bytes"}
 
 try:  # double-buffered maps (issue 11), where that module is installed
     from ..double_buffer import DoubleBufferedMap, is_double_buffered
@@ -116,10 +118,7 @@ class MapMetric:
         self.fast = (
             self.key_decoder is None
             and key_btf
-            and self.keys.st is not None
-            and all(x.kind in _INT_KINDS for x in self.keys.leaves)
-            and self.values.st is not None
-            and all(self.values.leaves[f.column].kind in _INT_KINDS for f in self.families)
+            and all(x.kind in _DISTINCT_KINDS for x in self.keys.fields)
             and not m.is_percpu
             and not spec.drain
             and spec.kind != "histogram"
@@ -144,18 +143,16 @@ class MapMetric:
 
     def _families(self, prefix: str) -> list[Family]:
         spec = self.spec
-        numeric = [
-            (i, x)
-            for i, x in enumerate(self.values.leaves)
-            if x.numeric or x.kind in ("bitfield", "format")
-        ]
+        numeric = [(i, x) for i, x in enumerate(self.values.fields) if x.numeric]
         if spec.values is not None:
-            by_name = {x.name: (i, x) for i, x in numeric}
+            # a nested field by its dotted path ('stats.bytes') or its metric name (stats_bytes)
+            by_name = {sanitize(x.name): (i, x) for i, x in numeric}
+            by_name.update({x.name: (i, x) for i, x in numeric})
             missing = [v for v in spec.values if v not in by_name]
             if missing:
                 raise ConfigError(
                     f"{self.where}: values: no numeric field {missing[0]!r} in the map's value "
-                    f"(numeric fields: {', '.join(by_name) or 'none'})"
+                    f"(numeric fields: {', '.join(x.name for _, x in numeric) or 'none'})"
                 )
             numeric = [by_name[v] for v in spec.values]
         if not numeric:
@@ -230,26 +227,27 @@ class MapMetric:
             self.duration = time.perf_counter() - start
 
     def _fast(self, keys: Any, values: Any, n: int, om: bool) -> Iterator[str]:
-        """Integer BTF keys and values: a compiled line writer per family, a chunk at a time."""
-        kst, vst = self.keys.st, self.values.st
-        assert kst is not None and vst is not None
-        ks, vs = kst.size, vst.size
-        for fam in self.families:
+        """Keys whose labels tell them apart, values not per-CPU: text made a chunk of rows
+        at a time, one family after the other. A row's label text is made once: families
+        after the first reuse it (kept joined, one string per chunk, while the scrape runs);
+        value columns are read straight from the buffer and turned into text in one pass."""
+        ks, vs = self.keys.size, self.values.size
+        labels_of = label_writer(self.keys.fields, self.label_names, self.order)
+        kept: list[str] = []  # each chunk's label texts, for the families after the first
+        for k, fam in enumerate(self.families):
             yield text.header(fam.name, fam.kind, fam.help, om)
-            lines = line_writer(
-                text.sample_name(fam.name, fam.kind),
-                self.label_names,
-                self.order,
-                len(self.keys.leaves),
-                len(self.values.leaves),
-                fam.column,
-            )
-            for lo in range(0, n, CHUNK_ROWS):
+            sample = text.sample_name(fam.name, fam.kind)
+            field = self.values.fields[fam.column]
+            for c, lo in enumerate(range(0, n, CHUNK_ROWS)):
                 hi = min(n, lo + CHUNK_ROWS)
-                yield lines(
-                    kst.iter_unpack(keys[lo * ks : hi * ks]),
-                    vst.iter_unpack(values[lo * vs : hi * vs]),
-                )
+                if k == 0:
+                    labels = labels_of(self.keys.iter_rows(keys[lo * ks : hi * ks], hi - lo))
+                    if len(self.families) > 1:
+                        kept.append("\n".join(labels))  # label text holds no raw newline
+                else:
+                    labels = kept[c].split("\n")
+                vcol = self.values.columns(values[lo * vs : hi * vs], hi - lo)[fam.column]
+                yield sample_lines(sample, labels, value_column(field, vcol))
 
     def _decoded(self, keys: Any, values: Any, n: int) -> Iterator[tuple[Any, list[Any]]]:
         """(label values, the value tuple of each CPU) per row, decoded a chunk at a time.
@@ -257,7 +255,7 @@ class MapMetric:
         A row whose key a decoder can't read is counted in decode_errors and left out; rows a
         regexp decoder rejects are left out silently.
         """
-        ncpus, ksz, key_leaves = self.ncpus, self.keys.size, self.keys.leaves
+        ncpus, ksz, key_fields = self.ncpus, self.keys.size, self.keys.fields
         decode = self.key_decoder
         for lo in range(0, n, CHUNK_ROWS):
             hi = min(n, lo + CHUNK_ROWS)
@@ -270,7 +268,7 @@ class MapMetric:
             for r, krow in enumerate(krows):
                 try:
                     if decode is None:
-                        labels = tuple([label_text(x, v) for x, v in zip(key_leaves, krow)])
+                        labels = tuple([label_text(x, v) for x, v in zip(key_fields, krow)])
                     else:
                         labels = decode(krow)
                 except SkipRow:
