@@ -25,7 +25,11 @@ from .rows import INT_KINDS, label_text, label_writer, read_rows, sample_lines, 
 
 log = logging.getLogger("libbpf_batch.exporter")
 
-CHUNK_ROWS = 8192  # rows formatted per text chunk
+_MISS = object()
+CHUNK_ROWS = 8192
+# Label text kept from the first family for the others: about 40 bytes a row, up to this
+# (1,000,000 rows of a 3-field key); past it, later families make their label text again.
+KEEP_LABEL_BYTES = 64 << 20  # rows formatted per text chunk
 # key fields whose text tells every value apart: distinct keys, distinct label sets (a char
 # array's text ends at its NUL, so two keys may share one: those rows are added up)
 _DISTINCT_KINDS = INT_KINDS | {"enum", "pointer", "union", "bytes"}
@@ -124,6 +128,7 @@ class MapMetric:
             and spec.kind != "histogram"
         )
         self.totals: dict[tuple[str, ...], list[Any]] = {}  # drain: what earlier scrapes read
+        self._labels_of_key: dict[bytes, Any] = {}
         self.hist_totals: dict[tuple[str, ...], dict[float, int]] = {}
         # self-metrics
         self.duration = 0.0
@@ -233,19 +238,23 @@ class MapMetric:
         value columns are read straight from the buffer and turned into text in one pass."""
         ks, vs = self.keys.size, self.values.size
         labels_of = label_writer(self.keys.fields, self.label_names, self.order)
-        kept: list[str] = []  # each chunk's label texts, for the families after the first
+        kept: list[str | None] = []  # each chunk's label texts, for the families after the first
+        room = KEEP_LABEL_BYTES if len(self.families) > 1 else 0
         for k, fam in enumerate(self.families):
             yield text.header(fam.name, fam.kind, fam.help, om)
             sample = text.sample_name(fam.name, fam.kind)
             field = self.values.fields[fam.column]
             for c, lo in enumerate(range(0, n, CHUNK_ROWS)):
                 hi = min(n, lo + CHUNK_ROWS)
-                if k == 0:
+                joined = kept[c] if k else None
+                if joined is None:
                     labels = labels_of(self.keys.iter_rows(keys[lo * ks : hi * ks], hi - lo))
-                    if len(self.families) > 1:
-                        kept.append("\n".join(labels))  # label text holds no raw newline
+                    if k == 0:
+                        joined = "\n".join(labels) if room > 0 else None  # no raw newline in
+                        room -= len(joined) if joined is not None else 0  # label text
+                        kept.append(joined)
                 else:
-                    labels = kept[c].split("\n")
+                    labels = joined.split("\n")
                 vcol = self.values.columns(values[lo * vs : hi * vs], hi - lo)[fam.column]
                 yield sample_lines(sample, labels, value_column(field, vcol))
 
@@ -257,6 +266,11 @@ class MapMetric:
         """
         ncpus, ksz, key_fields = self.ncpus, self.keys.size, self.keys.fields
         decode = self.key_decoder
+        # a key's labels, made once per distinct key while it stays in the map (histogram
+        # keys and long-lived flows repeat at every scrape); None: a regexp left it out
+        known = self._labels_of_key
+        if len(known) > 2 * n + 1024:  # keys gone since: start over
+            known.clear()
         for lo in range(0, n, CHUNK_ROWS):
             hi = min(n, lo + CHUNK_ROWS)
             kbuf = keys[lo * ksz : hi * ksz]
@@ -266,11 +280,19 @@ class MapMetric:
             else:
                 krows = [bytes(kbuf[i * ksz : (i + 1) * ksz]) for i in range(hi - lo)]
             for r, krow in enumerate(krows):
+                labels: Any
                 try:
                     if decode is None:
                         labels = tuple([label_text(x, v) for x, v in zip(key_fields, krow)])
                     else:
-                        labels = decode(krow)
+                        labels = known.get(krow, _MISS)
+                        if labels is _MISS:
+                            try:
+                                labels = known[krow] = decode(krow)
+                            except SkipRow:
+                                labels = known[krow] = None
+                        if labels is None:
+                            continue
                 except SkipRow:
                     continue
                 except (DecodeError, ValueError, TypeError) as e:
@@ -302,10 +324,14 @@ class MapMetric:
         """Label values (without the bucket) to {bucket key: count}, CPUs summed or split."""
         series: dict[tuple[str, ...], dict[float, Any]] = {}
         col = self.families[0].column
+        buckets: dict[str, float] = {}
         for labels, per_cpu in self._decoded(keys, values, n):
             try:
-                bucket = float(labels[-1])
-                counts = [_num(v[col]) for v in per_cpu]
+                text_ = labels[-1]
+                bucket = buckets.get(text_)
+                if bucket is None:
+                    bucket = buckets[text_] = float(text_)
+                counts = [v[col] for v in per_cpu]  # numeric fields: ints or floats
             except ValueError:
                 self.decode_errors += 1
                 continue
