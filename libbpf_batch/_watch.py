@@ -14,10 +14,11 @@ import itertools
 import json
 import operator
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 from ._output import EntryFormatter, hex_list
+from .batch import Batch
 from .maps import MAP_OF_MAPS_TYPES, Map
 
 _MISSING_RANK = float("-inf")  # rows with no value (or no rate yet) sort after all others
@@ -43,6 +44,7 @@ class Reader:
         m: Map,
         f: EntryFormatter,
         *,
+        harvest: Callable[..., Iterator[Batch]] | None = None,
         drain: bool,
         batch_size: int | None,
         sort: str,
@@ -51,6 +53,7 @@ class Reader:
         rates: bool,
     ) -> None:
         self.m, self.f, self.drain, self.batch_size = m, f, drain, batch_size
+        self.harvest = harvest  # a double buffer's: swap, then drain what was swapped out
         self.sort, self.top = sort, top
         self.inner_maps = m.type in MAP_OF_MAPS_TYPES  # values are map ids, not quantities
         self.names: tuple[str, ...] = () if self.inner_maps else f.number_names()
@@ -62,11 +65,12 @@ class Reader:
     def read(self, dt: float | None) -> tuple[list[dict[str, Any]], int]:
         """The top rows of one read (sorted) and the number of entries read."""
         m, f = self.m, self.f
-        batches = (
-            m.drain(self.batch_size, copy=False)
-            if self.drain
-            else m.batches(self.batch_size, copy=False)
-        )
+        if self.harvest is not None:
+            batches = self.harvest(self.batch_size, copy=False)
+        elif self.drain:
+            batches = m.drain(self.batch_size, copy=False)
+        else:
+            batches = m.batches(self.batch_size, copy=False)
         best: list[tuple[Any, ...]] = []
         prev = self.prev
         entries = 0

@@ -8,6 +8,7 @@ error; 130 when interrupted (except watch and export, where Ctrl-C is the way ou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -28,6 +29,7 @@ from ._output import (
     numeric_fields,
 )
 from ._watch import Reader, write_json, write_view
+from .double_buffer import DoubleBufferedMap, is_double_buffered
 from .errors import BpfError
 from .maps import UNDELETABLE_TYPES, Map, MapInfo, map_ids
 
@@ -308,16 +310,23 @@ def cmd_watch(args: argparse.Namespace) -> int:
     iterations = 1 if args.once else args.count
     out = sys.stdout
     clear = out.isatty() and not args.once and args.format == "table"
-    with _map_from_args(args) as m:
-        if args.drain and m.type in UNDELETABLE_TYPES:
+    with _map_from_args(args) as m, contextlib.ExitStack() as stack:
+        # the outer map of a double buffer: drained exactly by swapping (harvest), read and
+        # formatted as its inner maps (both have the inner map's spec and BTF)
+        dbuf = None
+        if args.drain and is_double_buffered(m):
+            dbuf = stack.enter_context(DoubleBufferedMap(m))
+        elif args.drain and m.type in UNDELETABLE_TYPES:
             raise CliError(
                 f"watch --drain: map {m.name!r} (id {m.id}) is "
                 f"{_article(m.info.type_name)}: its elements can't be deleted"
             )
-        f = _formatter(m, args)
+        inner = dbuf.current if dbuf is not None else m
+        f = _formatter(inner, args)
         reader = Reader(
-            m,
+            inner,
             f,
+            harvest=dbuf.harvest if dbuf is not None else None,
             drain=args.drain,
             batch_size=args.batch_size,
             sort=args.sort,
