@@ -4,8 +4,11 @@ cffi executes this file (``__name__ == "__cffi__"``) and ``setup.py`` imports it
 only declares; libbpf is built by :func:`build_vendored_libbpf`, which the build hook calls.
 
 Environment:
-  LIBBPF_BATCH_USE_SYSTEM=1   link the system's libbpf (pkg-config libbpf) instead of the pin
+  LIBBPF_BATCH_USE_SYSTEM=1   link the system's libbpf (pkg-config libbpf, at least
+                              MIN_SYSTEM_LIBBPF) instead of the pin
   LIBBPF_TARBALL=/path        use this libbpf tarball instead of downloading it (offline builds)
+  LIBBPF_BATCH_PREFIX=/dir    libbpf.a, libelf and zlib already built there (vendor/manylinux.sh
+                              sets it for the release wheels); nothing is built here
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 from pathlib import Path
 
@@ -24,7 +28,13 @@ from cffi import FFI
 ROOT = Path(__file__).resolve().parent
 VENDOR = ROOT / "vendor" / "libbpf"
 BUILD = ROOT / "build"
-PREFIX = BUILD / "libbpf" / "install"  # headers and libbpf.a land here
+PREFIX = Path(os.environ.get("LIBBPF_BATCH_PREFIX") or BUILD / "libbpf" / "install")
+EXPORTS = VENDOR.parent / "exports.map"  # the extension exports PyInit__libbpf, nothing else
+# libbpf 1.0 returns -errno from every call (older ones only in strict mode): the bindings need it.
+MIN_SYSTEM_LIBBPF = "1.0.0"
+# setuptools refuses py_limited_api on free-threaded CPython (3.13t, 3.14t), which has no stable
+# ABI yet: there the extension is built for that one interpreter instead.
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 CDEF = """
 typedef int... __u32;
@@ -95,6 +105,7 @@ struct bpf_map_create_opts {
     __u64 map_extra;
     __u32 numa_node;
     __u32 map_ifindex;
+    ...;  /* newer libbpf versions append fields: a system libbpf's layout is the one used */
 };
 int bpf_map_create(enum bpf_map_type map_type, const char *map_name, __u32 key_size,
                    __u32 value_size, __u32 max_entries, const struct bpf_map_create_opts *opts);
@@ -110,6 +121,7 @@ struct bpf_map_batch_opts {
     size_t sz;
     __u64 elem_flags;
     __u64 flags;
+    ...;
 };
 int bpf_map_delete_batch(int fd, const void *keys, __u32 *count,
                          const struct bpf_map_batch_opts *opts);
@@ -173,7 +185,7 @@ def sha256_of(path: Path) -> str:
 
 
 def read_pin(vendor: Path = VENDOR) -> tuple[str, str, str]:
-    """The pinned (version, sha256, tarball name) from vendor/libbpf."""
+    """The pinned (version, sha256, tarball name) from vendor/libbpf (or another vendor/ pin)."""
     version = (vendor / "VERSION").read_text().strip()
     sha, name = (vendor / "SHA256").read_text().split()
     return version, sha, name
@@ -195,25 +207,59 @@ def use_system_libbpf(environ: dict[str, str] | None = None) -> bool:
     return env.get("LIBBPF_BATCH_USE_SYSTEM", "") == "1"
 
 
+def no_source_message(reason: str, vendor: Path = VENDOR) -> str:
+    """What to do when the pinned libbpf source can't be had: the three ways out."""
+    version, sha, _ = read_pin(vendor)
+    return f"""\
+libbpf-batch: cannot obtain the libbpf {version} source: {reason}
+Three ways to build anyway:
+  1. LIBBPF_TARBALL=/path/to/libbpf-{version}.tar.gz: libbpf's upstream release archive
+     of tag v{version} (libbpf-{version}.tar.gz; Debian's libbpf_{version}.orig.tar.gz is the same
+     file), sha256 {sha}
+  2. LIBBPF_BATCH_USE_SYSTEM=1, linking the system's libbpf (>= {MIN_SYSTEM_LIBBPF}) found by
+     pkg-config; install it first:
+       Fedora/RHEL:   dnf install libbpf-devel pkgconf-pkg-config
+       Alpine:        apk add libbpf-dev pkgconf
+       Arch:          pacman -S libbpf pkgconf
+       Debian/Ubuntu: apt-get install libbpf-dev pkg-config
+  3. pip install libbpf-batch: a wheel, or the sdist, which carries the pinned sources"""
+
+
 def find_tarball() -> Path:
-    """The pinned tarball: LIBBPF_TARBALL, one shipped in the sdist (vendor/libbpf), or fetched."""
+    """The pinned tarball: LIBBPF_TARBALL, one shipped in the sdist (vendor/libbpf), or fetched.
+
+    Exits with :func:`no_source_message` (no traceback) when none of them works.
+    """
     _, sha, name = read_pin()
-    for candidate in (os.environ.get("LIBBPF_TARBALL"), VENDOR / name, BUILD / name):
-        if candidate and Path(candidate).is_file():
-            check_tarball(Path(candidate), sha)
-            return Path(candidate)
-    out = subprocess.run(
-        ["bash", str(VENDOR / "fetch.sh"), str(BUILD)],
-        check=True,
-        stdout=subprocess.PIPE,
+    given = os.environ.get("LIBBPF_TARBALL")
+    candidates = [Path(given)] if given else [VENDOR / name, BUILD / name]
+    if given and not candidates[0].is_file():
+        raise SystemExit(no_source_message(f"LIBBPF_TARBALL={given} is not a file"))
+    for candidate in candidates:
+        if candidate.is_file():
+            try:
+                check_tarball(candidate, sha)
+            except RuntimeError as e:
+                raise SystemExit(no_source_message(str(e))) from None
+            return candidate
+    proc = subprocess.run(
+        ["bash", str(VENDOR.parent / "fetch.sh"), "libbpf", str(BUILD)],
+        check=False,
+        capture_output=True,
         text=True,
-    ).stdout
-    return Path(out.strip().splitlines()[-1])
+    )
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or [f"vendor/fetch.sh exited {proc.returncode}"]
+        raise SystemExit(no_source_message(lines[-1]))
+    return Path(proc.stdout.strip().splitlines()[-1])
 
 
 def build_vendored_libbpf() -> None:
-    """Build the pinned libbpf as a static PIC archive under build/libbpf (idempotent)."""
-    if use_system_libbpf():
+    """Build the pinned libbpf as a static PIC archive under build/libbpf (idempotent).
+
+    Does nothing with LIBBPF_BATCH_USE_SYSTEM=1 or LIBBPF_BATCH_PREFIX (built elsewhere).
+    """
+    if use_system_libbpf() or os.environ.get("LIBBPF_BATCH_PREFIX"):
         return
     version, _, _ = read_pin()
     archive = PREFIX / "lib" / "libbpf.a"
@@ -252,9 +298,9 @@ def build_vendored_libbpf() -> None:
     try:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     except (OSError, subprocess.CalledProcessError) as e:
-        raise RuntimeError(
-            f"vendor/libbpf: building libbpf {version} failed ({e}); it needs make, gcc, "
-            "libelf-dev, zlib1g-dev and pkg-config (`make deps` installs them)"
+        raise SystemExit(
+            f"vendor/libbpf: building libbpf {version} failed ({e}); it needs make, a C compiler, "
+            "libelf and zlib headers and pkg-config (`make deps` installs them on Debian)"
         ) from e
     stamp.write_text(version + "\n")
 
@@ -264,24 +310,46 @@ def vendored_libbpf() -> dict[str, list[str]]:
     return {
         "include_dirs": [str(PREFIX / "include")],
         "extra_objects": [str(PREFIX / "lib" / "libbpf.a")],
-        # libbpf.a needs libelf and zlib; hide libbpf's symbols from whoever loads us.
+        # libbpf.a needs libelf and zlib: the system's, or those LIBBPF_BATCH_PREFIX holds.
+        "library_dirs": [str(PREFIX / "lib")],
         "libraries": ["elf", "z"],
-        "extra_link_args": ["-Wl,--exclude-libs,ALL"],
+        # Only PyInit__libbpf is exported: libbpf's symbols stay hidden from whoever loads us
+        # (a version script works with GNU ld and lld alike; zig rejects --exclude-libs).
+        "extra_link_args": [f"-Wl,--version-script={EXPORTS}"],
     }
 
 
 def system_libbpf() -> dict[str, list[str]]:
     """set_source() arguments for the system's shared libbpf (pkg-config libbpf)."""
 
-    def pkg(flag: str) -> list[str]:
-        return subprocess.run(
-            ["pkg-config", flag, "libbpf"], check=True, stdout=subprocess.PIPE, text=True
-        ).stdout.split()
+    def pkg(*args: str) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(
+                ["pkg-config", *args, "libbpf"], check=False, capture_output=True, text=True
+            )
+        except OSError:
+            raise SystemExit(
+                "libbpf-batch: LIBBPF_BATCH_USE_SYSTEM=1 needs pkg-config (pkg-config or pkgconf)"
+            ) from None
+
+    if pkg("--exists").returncode != 0:
+        raise SystemExit(
+            no_source_message("LIBBPF_BATCH_USE_SYSTEM=1, but pkg-config finds no libbpf")
+        )
+    if pkg(f"--atleast-version={MIN_SYSTEM_LIBBPF}").returncode != 0:
+        found = pkg("--modversion").stdout.strip()
+        raise SystemExit(
+            f"libbpf-batch: the system's libbpf is {found}; LIBBPF_BATCH_USE_SYSTEM=1 needs "
+            f">= {MIN_SYSTEM_LIBBPF} (its calls return -errno). Unset it to build the pinned one."
+        )
+
+    def flags(flag: str) -> list[str]:
+        return pkg(flag).stdout.split()
 
     return {
-        "include_dirs": [f[2:] for f in pkg("--cflags-only-I")],
-        "library_dirs": [f[2:] for f in pkg("--libs-only-L")],
-        "libraries": [f[2:] for f in pkg("--libs-only-l")],
+        "include_dirs": [f[2:] for f in flags("--cflags-only-I")],
+        "library_dirs": [f[2:] for f in flags("--libs-only-L")],
+        "libraries": [f[2:] for f in flags("--libs-only-l")],
     }
 
 
@@ -290,7 +358,7 @@ ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "libbpf_batch._libbpf",
     SOURCE,
-    py_limited_api=True,
+    py_limited_api=not FREE_THREADED,
     **(system_libbpf() if use_system_libbpf() else vendored_libbpf()),  # type: ignore[arg-type]
 )
 

@@ -64,18 +64,10 @@ def create_like(template: Map) -> Map:
     """
     info = template.info
     where = f"a spare for map {info.name!r} (id {info.id})"
-    if not info.btf_id:
-        return Map.create(
-            info.type,
-            info.key_size,
-            info.value_size,
-            info.max_entries,
-            info.name,
-            info.map_flags,
-            map_extra=info.map_extra,
-        )
-    btf_fd = named_call(
-        f"{where}: BTF id {info.btf_id}", _bindings.bpf_btf_get_fd_by_id, info.btf_id
+    btf_fd = (
+        named_call(f"{where}: BTF id {info.btf_id}", _bindings.bpf_btf_get_fd_by_id, info.btf_id)
+        if info.btf_id
+        else None
     )
     try:
         return Map.create(
@@ -86,10 +78,11 @@ def create_like(template: Map) -> Map:
             info.name,
             info.map_flags,
             map_extra=info.map_extra,
-            btf=(btf_fd, info.btf_key_type_id, info.btf_value_type_id),
+            btf=None if btf_fd is None else (btf_fd, info.btf_key_type_id, info.btf_value_type_id),
         )
     finally:
-        os.close(btf_fd)
+        if btf_fd is not None:
+            os.close(btf_fd)
 
 
 class DoubleBufferedMap:

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sysconfig
 from pathlib import Path
 from types import ModuleType
 
@@ -52,7 +53,10 @@ def test_extension_imports_and_exports_ffi_and_lib() -> None:
 
 
 def test_extension_is_an_abi3_shared_object() -> None:
-    assert SO.name == "_libbpf.abi3.so"
+    if sysconfig.get_config_var("Py_GIL_DISABLED"):  # no stable ABI there: built for this one
+        assert SO.name == f"_libbpf{sysconfig.get_config_var('EXT_SUFFIX')}"
+    else:
+        assert SO.name == "_libbpf.abi3.so"
     assert SO.parent == Path(libbpf_batch.__file__).parent
 
 
@@ -90,7 +94,7 @@ def test_no_libbpf_symbol_is_exported_nm() -> None:
 def test_libbpf_symbols_are_visible_to_dlsym_only_from_the_system_libbpf(symbol: str) -> None:
     so = ctypes.CDLL(str(SO))
     assert hasattr(so, "PyInit__libbpf")  # dlsym does see what is exported
-    # vendored: hidden by --exclude-libs; system: found in the libbpf.so.1 it depends on
+    # vendored: hidden by vendor/exports.map; system: found in the libbpf.so.1 it depends on
     assert hasattr(so, symbol) == USE_SYSTEM
 
 
@@ -139,3 +143,107 @@ def test_use_system_libbpf_reads_the_given_environ(
     build_ffi: ModuleType, environ: dict[str, str], expected: bool
 ) -> None:
     assert build_ffi.use_system_libbpf(environ) is expected
+
+
+def test_no_source_message_names_the_three_ways_out(build_ffi: ModuleType) -> None:
+    version, sha, _ = build_ffi.read_pin()
+    text = build_ffi.no_source_message("apt-get source failed")
+    assert "apt-get source failed" in text
+    assert f"LIBBPF_TARBALL=/path/to/libbpf-{version}.tar.gz" in text
+    assert sha in text
+    assert "LIBBPF_BATCH_USE_SYSTEM=1" in text
+    for install in (
+        "dnf install libbpf-devel",
+        "apk add libbpf-dev",
+        "pacman -S libbpf",
+        "apt-get install libbpf-dev",
+    ):
+        assert install in text
+    assert "sdist" in text
+    assert len(text.splitlines()) <= 15  # short: no traceback to dig through
+
+
+def test_a_missing_libbpf_tarball_exits_with_the_ways_out(
+    build_ffi: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LIBBPF_TARBALL", str(tmp_path / "nowhere.tar.gz"))
+    with pytest.raises(SystemExit) as info:
+        build_ffi.find_tarball()
+    assert "nowhere.tar.gz is not a file" in str(info.value.code)
+    assert "LIBBPF_BATCH_USE_SYSTEM=1" in str(info.value.code)
+
+
+def test_a_renamed_libbpf_tarball_is_used_when_its_sha256_matches(
+    build_ffi: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Any name (upstream's archive is libbpf-1.1.2.tar.gz): only the sha256 must be the pin's.
+    renamed = tmp_path / "libbpf-upstream.tar.gz"
+    renamed.write_bytes(b"stands in for libbpf\n")
+    sha = hashlib.sha256(b"stands in for libbpf\n").hexdigest()
+    pin = ("1.1.2", sha, "libbpf_1.1.2.orig.tar.gz")
+    monkeypatch.setattr(build_ffi, "read_pin", lambda vendor=None: pin)
+    monkeypatch.setenv("LIBBPF_TARBALL", str(renamed))
+    assert build_ffi.find_tarball() == renamed
+
+
+@pytest.mark.parametrize("struct", ["bpf_map_create_opts", "bpf_map_batch_opts"])
+def test_opts_structs_are_declared_open_ended(build_ffi: ModuleType, struct: str) -> None:
+    # "...;": cffi takes the layout from the header it compiles against, so a newer system
+    # libbpf whose opts struct grew still works (an exact layout fails with "wrong total size").
+    m = re.search(r"struct " + struct + r" \{(.*?)\};", build_ffi.CDEF, re.DOTALL)
+    assert m is not None
+    assert m.group(1).rstrip().splitlines()[-1].strip().startswith("...;")
+
+
+def _fake_pkg_config_dir(tmp_path: Path, version: str) -> Path:
+    (tmp_path / "libbpf.pc").write_text(
+        f"Name: libbpf\nDescription: fake\nVersion: {version}\nLibs: -lbpf\nCflags:\n"
+    )
+    return tmp_path
+
+
+def test_system_build_refuses_a_libbpf_older_than_the_minimum(
+    build_ffi: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _tool("pkg-config")
+    monkeypatch.setenv("PKG_CONFIG_LIBDIR", str(_fake_pkg_config_dir(tmp_path, "0.8.1")))
+    monkeypatch.delenv("PKG_CONFIG_PATH", raising=False)
+    with pytest.raises(SystemExit) as info:
+        build_ffi.system_libbpf()
+    message = str(info.value.code)
+    assert "0.8.1" in message and f">= {build_ffi.MIN_SYSTEM_LIBBPF}" in message
+
+
+def test_system_build_takes_a_new_enough_libbpf(
+    build_ffi: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _tool("pkg-config")
+    monkeypatch.setenv("PKG_CONFIG_LIBDIR", str(_fake_pkg_config_dir(tmp_path, "1.5.0")))
+    monkeypatch.delenv("PKG_CONFIG_PATH", raising=False)
+    assert build_ffi.system_libbpf()["libraries"] == ["bpf"]
+
+
+def test_system_build_without_a_libbpf_names_the_ways_out(
+    build_ffi: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _tool("pkg-config")
+    monkeypatch.setenv("PKG_CONFIG_LIBDIR", str(tmp_path))  # empty: no libbpf.pc
+    monkeypatch.delenv("PKG_CONFIG_PATH", raising=False)
+    with pytest.raises(SystemExit) as info:
+        build_ffi.system_libbpf()
+    assert "pkg-config finds no libbpf" in str(info.value.code)
+    assert "LIBBPF_TARBALL=" in str(info.value.code)
+
+
+def test_a_libbpf_tarball_with_the_wrong_sha256_exits_with_the_ways_out(
+    build_ffi: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    tarball = tmp_path / "libbpf-1.1.2.tar.gz"
+    tarball.write_bytes(b"not libbpf\n")
+    monkeypatch.setenv("LIBBPF_TARBALL", str(tarball))
+    with pytest.raises(SystemExit) as info:
+        build_ffi.find_tarball()
+    message = str(info.value.code)
+    assert "sha256 mismatch" in message
+    assert hashlib.sha256(b"not libbpf\n").hexdigest() in message
+    assert "LIBBPF_BATCH_USE_SYSTEM=1" in message
