@@ -129,6 +129,10 @@ class MapMetric:
         )
         self.totals: dict[tuple[str, ...], list[Any]] = {}  # drain: what earlier scrapes read
         self._labels_of_key: dict[bytes, Any] = {}
+        # The raw snapshot, kept from scrape to scrape and overwritten in place: a map's size
+        # changes little, and buffers made anew at every scrape (in the server's thread of the
+        # moment) leave the heap fragmented, so the resident size grew scrape after scrape.
+        self._snapshot = (bytearray(), bytearray())
         self.hist_totals: dict[tuple[str, ...], dict[float, int]] = {}
         # self-metrics
         self.duration = 0.0
@@ -190,7 +194,14 @@ class MapMetric:
 
     # -- a scrape ----------------------------------------------------------------------
     def _read(self) -> tuple[Any, Any, int] | None:
-        keys, values, n = bytearray(), bytearray(), 0
+        keys, values = self._snapshot
+        try:  # resizable: no view of an earlier scrape is alive (one could be, in a traceback)
+            for buf in (keys, values):
+                buf.append(0)
+                buf.pop()
+        except BufferError:
+            keys, values = self._snapshot = (bytearray(), bytearray())
+        kpos = vpos = n = 0
         m = self.map
         if self.dbuf is not None and self.spec.drain:
             batches: Any = self.dbuf.harvest(self.batch_size, copy=False)  # swap, then drain
@@ -202,15 +213,18 @@ class MapMetric:
             batches = m.batches(self.batch_size, copy=False)
         try:
             for b in batches:
-                keys += b.keys
-                values += b.values
-                n += b.count
+                klen, vlen = len(b.keys), len(b.values)
+                keys[kpos : kpos + klen] = b.keys  # in place; grows past the end
+                values[vpos : vpos + vlen] = b.values
+                kpos, vpos, n = kpos + klen, vpos + vlen, n + b.count
         except BpfError as e:
             self.read_errors += 1
             log.error("%s: reading map %r: %s", self.where, self.map_name, e)
             if not self.spec.drain:
                 return None  # never a silent partial read; drained elements are kept
-        return memoryview(keys), memoryview(values), n
+        if len(keys) > 2 * kpos + (1 << 20):  # the map shrank: give the room back
+            del keys[kpos:], values[vpos:]
+        return memoryview(keys)[:kpos], memoryview(values)[:vpos], n
 
     def collect(self, om: bool) -> Iterator[str]:
         """The metric's families as exposition text, in chunks."""
