@@ -166,12 +166,124 @@ struct btf;
 struct btf *btf__load_from_kernel_by_id(__u32 id);
 void btf__free(struct btf *btf);
 const void *btf__raw_data(const struct btf *btf, __u32 *size);
+
+/* ours (SOURCE below): loops that must not return to Python half-way */
+int lbb_put_back(int fd, const char *keys, const char *values, __u32 key_size,
+                 __u32 value_stride, __u32 n, int mode, int *errs);
+int lbb_per_key_batch(int fd, void *key, void *next_key, int *state, int delete_,
+                      char *keys, char *values, __u32 key_size, __u32 value_stride,
+                      __u32 max_count, __u32 *count);
+void lbb_close_fd(int *fd);
+long lbb_write(int fd, const char *buf, size_t len, long *written);
 """
 
-SOURCE = """
+SOURCE = r"""
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <bpf/btf.h>
+
+/* Put back n elements a drain deleted but did not deliver, one bpf_map_update_elem each:
+   batch update takes no BPF_NOEXIST (only BPF_F_LOCK), and a key written again meanwhile
+   must keep its newer value. One C call, so a Python signal handler can't stop it half-way.
+   mode 0: BPF_NOEXIST; 1: values are inner map ids, written as fds (HASH_OF_MAPS);
+   2: as 1, only into an empty slot (ARRAY_OF_MAPS: arrays refuse BPF_NOEXIST).
+   errs[i] is 0 (back in the map), EEXIST (the key is there again) or the errno.
+   Returns how many went back. */
+int lbb_put_back(int fd, const char *keys, const char *values, __u32 key_size,
+                 __u32 value_stride, __u32 n, int mode, int *errs)
+{
+    int restored = 0;
+    for (__u32 i = 0; i < n; i++) {
+        const char *key = keys + (size_t)i * key_size;
+        const void *value = values + (size_t)i * value_stride;
+        __u32 inner_fd, inner_id;
+        int rc;
+        if (mode == 0) {
+            rc = bpf_map_update_elem(fd, key, value, BPF_NOEXIST);
+        } else {
+            memcpy(&inner_id, value, sizeof(inner_id));
+            if (mode == 2 && bpf_map_lookup_elem(fd, key, &inner_fd) == 0) {
+                errs[i] = EEXIST;
+                continue;
+            }
+            rc = bpf_map_get_fd_by_id(inner_id);
+            if (rc >= 0) {
+                inner_fd = (__u32)rc;
+                rc = bpf_map_update_elem(fd, key, &inner_fd, mode == 2 ? BPF_ANY : BPF_NOEXIST);
+                close((int)inner_fd);
+            }
+        }
+        errs[i] = rc < 0 ? -rc : 0;
+        restored += rc >= 0;
+    }
+    return restored;
+}
+
+/* Close *fd once (a cffi gc destructor too): no Python frame, so no signal handler can
+   raise half-way, as one could in a __del__ (where the exception would be swallowed). */
+void lbb_close_fd(int *fd)
+{
+    if (*fd >= 0) {
+        close(*fd);
+        *fd = -1;
+    }
+}
+
+/* One write(2), its result (bytes, or -errno) stored in *written before Python runs again:
+   a signal handler raising right after can't hide how much went out. No retry on EINTR, so
+   Ctrl-C still interrupts a write to a reader that stopped reading. */
+long lbb_write(int fd, const char *buf, size_t len, long *written)
+{
+    ssize_t n = write(fd, buf, len);
+    *written = n < 0 ? -errno : (long)n;
+    return *written;
+}
+
+/* One batch of the per-key walk, for maps without batch lookup(-and-delete): what the batch
+   call does, in one C call, so that what it deleted is always in keys/values and *count when
+   Python sees it. The next key is taken before the current one is deleted (a deleted cursor
+   can't be followed); a key deleted by someone else in between is skipped. *state: 0 not
+   started, 1 key holds the next key to take, 2 the walk is over. Returns 1 at the end,
+   0 when there may be more, -errno on error (*count elements were still taken). */
+int lbb_per_key_batch(int fd, void *key, void *next_key, int *state, int delete_,
+                      char *keys, char *values, __u32 key_size, __u32 value_stride,
+                      __u32 max_count, __u32 *count)
+{
+    int rc;
+    if (*state == 0) {
+        rc = bpf_map_get_next_key(fd, NULL, key);
+        if (rc == -ENOENT)
+            *state = 2;
+        else if (rc < 0)
+            return rc;
+        else
+            *state = 1;
+    }
+    while (*state == 1 && *count < max_count) {
+        char *value = values + (size_t)*count * value_stride;
+        int more;
+        rc = bpf_map_get_next_key(fd, key, next_key);
+        if (rc < 0 && rc != -ENOENT)
+            return rc;
+        more = rc == 0;
+        rc = bpf_map_lookup_elem(fd, key, value);
+        if (rc == 0 && delete_)
+            rc = bpf_map_delete_elem(fd, key);
+        if (rc == 0) {
+            memcpy(keys + (size_t)*count * key_size, key, key_size);
+            *count += 1;
+        } else if (rc != -ENOENT) {
+            return rc;
+        }
+        memcpy(key, next_key, key_size);
+        if (!more)
+            *state = 2;
+    }
+    return *state == 2;
+}
 """
 
 

@@ -11,6 +11,7 @@ from .errors import (
     BpfNotFoundError,
     BpfPermissionError,
     NotAMapError,
+    PutBackError,
 )
 from .maps import ElemFlags, Map, MapFlags, MapInfo, MapType, map_ids, possible_cpus
 from .objects import BpfObject, Link
@@ -38,6 +39,7 @@ __all__ = [
     "MapInfo",
     "MapType",
     "NotAMapError",
+    "PutBackError",
     "__version__",
     "get_include",
     "is_double_buffered",

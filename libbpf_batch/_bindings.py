@@ -176,6 +176,17 @@ def libbpf_version_string() -> str:
     return str(ffi.string(lib.libbpf_version_string()).decode())
 
 
+# Our C loops (build_ffi.py), bound to the C functions themselves, not wrapped: a Python
+# frame in between would let a signal handler raise after the caller decided to put elements
+# back and before they are. lbb_put_back(fd, keys, values, key_size, value_stride, n, mode,
+# errs) -> restored; lbb_per_key_batch(fd, key, next_key, state, delete, keys, values,
+# key_size, value_stride, max_count, count) -> 1 at the end, 0, or -errno.
+lbb_put_back = lib.lbb_put_back
+lbb_per_key_batch = lib.lbb_per_key_batch
+lbb_close_fd = lib.lbb_close_fd  # lbb_close_fd(int *fd): closes *fd once, sets it to -1
+lbb_write = lib.lbb_write  # lbb_write(fd, buf, len, long *written): one write(2), kept in *written
+
+
 def _pointer(ptr: CData, op: str) -> CData:
     """libbpf 1.x returns NULL and sets errno for a failed constructor."""
     if ptr == NULL:
@@ -279,6 +290,10 @@ __all__ = [
     "btf__free",
     "btf__load_from_kernel_by_id",
     "btf__raw_data",
+    "lbb_close_fd",
+    "lbb_per_key_batch",
+    "lbb_put_back",
+    "lbb_write",
     "libbpf_num_possible_cpus",
     "libbpf_version_string",
 ]

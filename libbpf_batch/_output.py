@@ -443,6 +443,37 @@ class Writer:
         lead = ",\n" if self.count > batch.count else "\n"
         self._write((lead + ",\n".join(json.dumps(e, indent=4) for e in entries)).encode())
 
+    def render(self, batch: Batch) -> bytes:
+        """What write_batch() would write for ``batch``, returned instead (drain writes it
+        with a counted write, see entries_within)."""
+        raw, self._raw = self._raw, io.BytesIO()
+        try:
+            self.write_batch(batch)
+            return self._raw.getvalue()
+        finally:
+            self._raw = raw
+
+    def entries_within(self, batch: Batch, count_before: int, nbytes: int) -> int:
+        """How many of ``batch``'s entries the first ``nbytes`` of its render() hold whole.
+
+        Rendered again entry by entry (as they were after ``count_before`` entries), which
+        gives the same text: only for the rare write that a reader or a signal cut short.
+        """
+        saved, self.count = self.count, count_before
+        ks, vs = batch.key_size, batch.value_stride
+        keys, values = memoryview(batch.keys).cast("B"), memoryview(batch.values).cast("B")
+        try:
+            size = 0
+            for i in range(batch.count):
+                one = Batch(batch.layout, 1, keys[i * ks : (i + 1) * ks],
+                            values[i * vs : (i + 1) * vs], decoder=batch.decoder)  # fmt: skip
+                size += len(self.render(one))
+                if size > nbytes:
+                    return i
+            return batch.count
+        finally:
+            self.count = saved
+
     def _write_batch(self, batch: Batch) -> None:
         n = batch.count
         f = self.f

@@ -62,19 +62,28 @@ class Reader:
         self.prev: dict[bytes, bytes] = {}
         self._zero = bytes(m.value_stride)
 
-    def read(self, dt: float | None) -> tuple[list[dict[str, Any]], int]:
-        """The top rows of one read (sorted) and the number of entries read."""
+    def read(
+        self, dt: float | None, taken: list[Batch] | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The top rows of one read (sorted) and the number of entries read.
+
+        A drain appends each batch (a copy: raw bytes, no object per entry) to ``taken`` the
+        moment it has it, so that a caller stopped before showing the read can put it back.
+        """
         m, f = self.m, self.f
-        if self.harvest is not None:
-            batches = self.harvest(self.batch_size, copy=False)
+        keep = [] if taken is None else taken
+        if self.harvest is not None:  # copies, as drain's: kept in ``taken`` until shown
+            batches = self.harvest(self.batch_size)
         elif self.drain:
-            batches = m.drain(self.batch_size, copy=False)
+            batches = m.drain(self.batch_size)
         else:
             batches = m.batches(self.batch_size, copy=False)
         best: list[tuple[Any, ...]] = []
         prev = self.prev
         entries = 0
         for batch in batches:
+            if self.drain:
+                keep.append(batch)  # one C call: kept, or not yet handed over
             n = batch.count
             entries += n
             keys = batch.key_list()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import itertools
 import operator
+import os
 import struct
 import sys
 from collections.abc import Iterator
@@ -13,9 +14,9 @@ from typing import Any, Callable
 
 from . import _bindings
 from ._cdata import BytesLike, Layout, batch_opts, check_positive
-from ._libbpf import ffi
+from ._libbpf import ffi, lib
 from .btf import MapDecoder
-from .errors import ENOTSUPP, BatchNotSupportedError, BpfError
+from .errors import ENOTSUPP, BatchNotSupportedError, BpfError, PutBackError, error_from_errno
 
 DEFAULT_BATCH_SIZE = 4096
 """Elements per batch when none is given.
@@ -63,7 +64,37 @@ class MapAccess:
     layout: Layout
     max_entries: int
     where: str
+    # dup(op): a new fd for the same map, made atomically with the map's close() (ValueError
+    # when closed); None: os.dup(fd(op)), which a close() from another thread can race.
+    dup: Callable[[str], int] | None = None
+    map_type: int = 0  # BPF_MAP_TYPE_*: how elements go back (map-of-maps hold inner ids)
     decoder: Callable[[], MapDecoder] | None = None
+
+
+class Hold:
+    """The map's fd, duplicated for one iterator or call; its owner closes it (close()).
+
+    A close() of the Map from another thread then can't make the iterator touch another map
+    that reused the fd number, and elements it must put back still have their map. Not closed
+    when collected: in a reference cycle that would run before the generator that owns it
+    puts elements back; the owning generator's ``finally`` closes it, in C (lbb_close_fd), so
+    no signal handler can raise between deciding to close and closing.
+    """
+
+    __slots__ = ("cell",)
+
+    def __init__(self, access: MapAccess, op: str) -> None:
+        fd = access.dup(op) if access.dup is not None else os.dup(access.fd(op))
+        self.cell = ffi.new("int *", fd)
+
+    @property
+    def fd(self) -> int:
+        """The duplicate (-1 once closed)."""
+        fd: int = self.cell[0]
+        return fd
+
+    def close(self) -> None:
+        _bindings.lbb_close_fd(self.cell)
 
 
 class Batch:
@@ -315,7 +346,7 @@ def _dtype(np: Any, dtype: Any, size: int, what: str) -> Any:
 class _Buffers:
     """Key and value buffers for ``capacity`` elements, allocated once per iterator."""
 
-    __slots__ = ("_kview", "_vview", "capacity", "decoder", "keys", "layout", "values")
+    __slots__ = ("_kview", "_vview", "capacity", "decoder", "errs", "keys", "layout", "values")
 
     def __init__(self, capacity: int, access: MapAccess) -> None:
         self.capacity = capacity
@@ -323,6 +354,8 @@ class _Buffers:
         self.decoder = access.decoder
         self.keys = ffi.new("char[]", capacity * layout.key_size)
         self.values = ffi.new("char[]", capacity * layout.value_stride)
+        # made now: an allocation in the put-back path would be one more place to interrupt
+        self.errs = ffi.new("int[]", capacity)
         # Views made once: slicing one per batch costs less than a new ffi.buffer (this
         # matters for small batches, where the per-batch overhead is a share of the cost).
         self._kview = memoryview(ffi.buffer(self.keys))
@@ -344,6 +377,7 @@ def _lookup_call(delete: bool) -> tuple[str, Callable[..., bool]]:
 
 
 def _step(
+    fd: int,
     access: MapAccess,
     delete: bool,
     in_batch: Any,
@@ -353,15 +387,14 @@ def _step(
     opts: Any,
     copy: bool,
 ) -> Batch:
-    """One lookup(-and-delete) batch call from ``in_batch``; ``cursor`` receives out_batch.
+    """One lookup(-and-delete) batch call on ``fd`` (a Hold's) from ``in_batch``; ``cursor``
+    receives out_batch.
 
     Returns the Batch (``done`` at ENOENT). A kernel error is raised naming the map, with the
-    elements the call still returned (and deleted) in its ``batch``.
+    elements the call still returned (and deleted) in its ``batch``. An interruption is the
+    caller's to settle: see _NOT_RUN.
     """
-    op, call = _lookup_call(delete)
-    # Checked before every call: the map may have been closed since the last one, and its fd
-    # number reused by another file (a stale fd would drain that one).
-    fd = access.fd(op)
+    _, call = _lookup_call(delete)
     count[0] = buf.capacity
     try:
         done = call(fd, in_batch, cursor, buf.keys, buf.values, count, opts)
@@ -381,6 +414,71 @@ def batch_capacity(batch_size: int | None, max_entries: int, where: str) -> int:
     return max(1, min(DEFAULT_BATCH_SIZE if batch_size is None else batch_size, max_entries))
 
 
+# -- nothing lost: elements a call deleted are delivered, or put back ----------------------
+#
+# A signal handler (KeyboardInterrupt, a SIGTERM handler that raises) runs in the main thread
+# at the interpreter's next check, wherever the signal was sent from, so masking signals in one
+# thread can't close the window between the kernel deleting a batch and the consumer having it.
+# So every deleting call runs inside a try whose handler puts back what the kernel returned, and
+# the batch is yielded just after that try, with no call in between (nothing the interpreter
+# checks for signals at). To know after any exception whether the kernel ran, out_batch is a
+# buffer apart from in_batch, marked before the call: hashtab.c writes out_batch (a u32 bucket
+# index) together with count on every path that returned elements, and never this value.
+_NOT_RUN = 0xFFFFFFFF
+
+# lbb_put_back modes: how an element goes back (map-of-maps are read as ids, written as fds)
+_PUT_NOEXIST, _PUT_INNER_NOEXIST, _PUT_INNER_EMPTY_SLOT = 0, 1, 2
+
+
+def _put_mode(map_type: int) -> int:
+    if map_type == lib.BPF_MAP_TYPE_HASH_OF_MAPS:
+        return _PUT_INNER_NOEXIST
+    if map_type == lib.BPF_MAP_TYPE_ARRAY_OF_MAPS:
+        return _PUT_INNER_EMPTY_SLOT  # arrays refuse NOEXIST: every index exists
+    return _PUT_NOEXIST
+
+
+def _raise_unrestored(access: MapAccess, keys: Any, errs: Any, n: int, mode: int) -> None:
+    """PutBackError for the elements lbb_put_back could not write (errs), if any."""
+    # EEXIST: the key is in the map again with a newer value, which wins; ENOENT for map-of-maps:
+    # the inner map was freed meanwhile, so there is nothing to put back.
+    fine = (0, errno.EEXIST) if mode == _PUT_NOEXIST else (0, errno.EEXIST, errno.ENOENT)
+    failed = [i for i in range(n) if errs[i] not in fine]
+    if failed:
+        ks = access.layout.key_size
+        lost = [ffi.buffer(keys + i * ks, ks)[:] for i in failed]
+        raise PutBackError.of(errs[failed[0]], access.where, lost)
+
+
+def put_back(access: MapAccess, batch: Batch, start: int = 0, *, hold: Hold | None = None) -> int:
+    """Put elements ``start:`` of a drained ``batch`` that will not be delivered back into the map.
+
+    Each goes back with its own BPF_NOEXIST update (batch update takes only BPF_F_LOCK), so a
+    key written again meanwhile keeps its newer value; an LRU map that is full evicts to make
+    room, as for any update. Returns how many were written. Raises PutBackError (a BpfError)
+    with ``lost`` and ``keys`` for elements that could not go back (the map filled up
+    meanwhile). ``hold``: the fd to write through (the Hold of the iterator that drained them,
+    which stays valid when the Map is closed); default: a new Hold on ``access``.
+    """
+    n = batch.count - start
+    if n <= 0:
+        return 0
+    own = hold is None
+    h = Hold(access, "put back") if hold is None else hold
+    try:
+        ks, vs = batch.key_size, batch.value_stride
+        keys = ffi.from_buffer(_view(batch.keys, batch.count * ks)) + start * ks
+        values = ffi.from_buffer(_view(batch.values, batch.count * vs)) + start * vs
+        errs = ffi.new("int[]", n)
+        mode = _put_mode(access.map_type)
+        restored: int = _bindings.lbb_put_back(h.fd, keys, values, ks, vs, n, mode, errs)
+        _raise_unrestored(access, keys, errs, n, mode)
+        return restored
+    finally:
+        if own:
+            _bindings.lbb_close_fd(h.cell)
+
+
 def one_batch(
     access: MapAccess,
     delete: bool,
@@ -389,7 +487,10 @@ def one_batch(
     elem_flags: int,
     flags: int,
 ) -> Batch:
-    """Up to ``count`` elements from ``cursor`` (None: the start) in one call (see _step)."""
+    """Up to ``count`` elements from ``cursor`` (None: the start) in one call (see _step).
+
+    Interrupted after the kernel deleted elements and before returning them, it puts them back.
+    """
     op, _ = _lookup_call(delete)
     where = f"{op}: {access.where}"
     access.fd(op)
@@ -404,16 +505,38 @@ def one_batch(
             raise TypeError(
                 f"{where}: cursor must be bytes-like (a Batch.cursor), not {type(cursor).__name__}"
             ) from None
+        except (BufferError, ValueError) as e:  # strided memoryviews, non-contiguous arrays
+            raise ValueError(f"{where}: cursor must be a contiguous buffer ({e})") from None
         if len(c) != len(out):
             raise ValueError(
                 f"{where}: cursor is {len(c)} bytes, expected {len(out)} "
                 "(pass Batch.cursor back unchanged)"
             )
-        ffi.memmove(out, c, len(out))
-        in_batch = out
+        in_batch = ffi.new("char[]", len(out))
+        ffi.memmove(in_batch, c, len(out))
+        ffi.memmove(out, c, len(out))  # what Batch.cursor says where the kernel writes nothing
     opts = batch_opts(elem_flags, flags, where)
     buf = _Buffers(min(count, max(access.max_entries, 1)), access)
-    return _step(access, delete, in_batch, out, buf, ffi.new("__u32 *"), opts, True)
+    n = ffi.new("__u32 *")
+    mode = _put_mode(access.map_type)
+    # No Hold: closing it after the call would be one more place to lose the batch, and a
+    # single call has no "next batch" to run on a reused fd number.
+    fd = access.fd(op)
+    mark = ffi.cast("__u32 *", out)
+    if delete:  # a lookup's cursor stays the one passed in where the kernel writes none
+        mark[0] = _NOT_RUN
+    try:
+        return _step(fd, access, delete, in_batch, out, buf, n, opts, True)
+    except BpfError:
+        raise  # the elements it returned travel with it (its batch)
+    except BaseException:
+        if delete and mark[0] != _NOT_RUN and n[0]:
+            _bindings.lbb_put_back(
+                fd, buf.keys, buf.values, buf.layout.key_size,
+                buf.layout.value_stride, n[0], mode, buf.errs,
+            )  # fmt: skip
+            _raise_unrestored(access, buf.keys, buf.errs, n[0], mode)
+        raise
 
 
 def lookup_batches(
@@ -424,13 +547,16 @@ def lookup_batches(
     elem_flags: int = 0,
     flags: int = 0,
     copy: bool = True,
+    hold: Hold | None = None,
 ) -> Iterator[Batch]:
     """Feed out_batch back as in_batch until the kernel says ENOENT.
 
     ENOSPC (one hash bucket holds more than the batch) doubles the buffers, capped at
     max_entries, and retries from the same cursor. A kernel without the batch op (ENOTSUPP, or
     EINVAL from kernels before 5.6) switches to per-key iteration. Elements a call returned are
-    yielded before any error it reported is raised.
+    yielded before any error it reported is raised; elements a drain deleted when a signal
+    handler (or anything) raised before they were yielded are put back first. ``hold``: the
+    fd to use (the caller's, kept open after the walk); default: the walk's own Hold.
     """
     op, _ = _lookup_call(delete)
     # Checked now, not at the first next(): a bad argument fails where it was written.
@@ -438,44 +564,77 @@ def lookup_batches(
     where = f"{op}: {access.where}"
     capacity = batch_capacity(batch_size, access.max_entries, where)
     opts = batch_opts(elem_flags, flags, where)
-    return _walk(access, delete, capacity, opts, bool(elem_flags or flags), copy)
+    return _walk(access, delete, capacity, opts, bool(elem_flags or flags), copy, hold)
 
 
 def _walk(
-    access: MapAccess, delete: bool, capacity: int, opts: Any, flagged: bool, copy: bool
+    access: MapAccess,
+    delete: bool,
+    capacity: int,
+    opts: Any,
+    flagged: bool,
+    copy: bool,
+    hold: Hold | None,
 ) -> Iterator[Batch]:
-    buf = _Buffers(capacity, access)
-    cursor = ffi.new("char[]", access.layout.cursor_size)
-    count = ffi.new("__u32 *")
-    in_batch = _bindings.NULL  # NULL starts at the beginning
-    started = False
-    while True:
-        try:
-            batch = _step(access, delete, in_batch, cursor, buf, count, opts, copy)
-        except BpfError as e:
-            if not started and _batch_op_missing(e, flagged):
-                yield from per_key_batches(access, delete=delete, batch_size=capacity, copy=copy)
-                return
-            if e.errno == errno.ENOSPC:
+    op, _ = _lookup_call(delete)
+    own = hold is None
+    h = Hold(access, op) if hold is None else hold
+    try:
+        fd, mode = h.fd, _put_mode(access.map_type)
+        buf = _Buffers(capacity, access)
+        # in_batch and out_batch apart, swapped after each call: out_batch's mark must last
+        cursors = [ffi.new("char[]", access.layout.cursor_size) for _ in range(2)]
+        marks = [ffi.cast("__u32 *", c) for c in cursors]
+        count = ffi.new("__u32 *")
+        in_batch = _bindings.NULL  # NULL starts at the beginning
+        out = 0
+        started = False
+        while True:
+            # Closed since the last batch: stop with a clear error (the Hold keeps this map).
+            access.fd(op)
+            mark = marks[out]
+            mark[0] = _NOT_RUN
+            err: BpfError | None = None
+            try:
+                try:
+                    batch = _step(
+                        fd, access, delete, in_batch, cursors[out], buf, count, opts, copy
+                    )
+                except BpfError as e:
+                    err, batch = e, e.batch  # type: ignore[assignment]
+            except BaseException:
+                if delete and mark[0] != _NOT_RUN and count[0]:
+                    _bindings.lbb_put_back(
+                        fd, buf.keys, buf.values, buf.layout.key_size,
+                        buf.layout.value_stride, count[0], mode, buf.errs,
+                    )  # fmt: skip
+                    _raise_unrestored(access, buf.keys, buf.errs, count[0], mode)
+                raise
+            if batch is not None and batch.count:
+                yield batch  # delivered: no call between the try and here
+            if err is not None:
+                if not started and _batch_op_missing(err, flagged):
+                    yield from _per_key_walk(access, fd, delete, capacity, copy)
+                    return
+                if err.errno != errno.ENOSPC:
+                    raise err
                 # hashtab.c returns ENOSPC only when it copied nothing (total == 0), so
                 # growing and retrying from the same cursor loses nothing.
                 limit = max(access.max_entries, 1)
                 if buf.capacity >= limit:
-                    raise e.at(
+                    raise err.at(
                         access.where,
                         f"a bucket holds more than {buf.capacity} elements, the map's max_entries",
                     ) from None
                 buf = _Buffers(min(buf.capacity * 2, limit), access)
                 continue
-            if e.batch is not None and e.batch.count:
-                yield e.batch
-            raise
-        started = True
-        if batch.count:
-            yield batch
-        if batch.done:
-            return
-        in_batch = cursor  # in and out may share one buffer (the selftests do)
+            started = True
+            if batch.done:
+                return
+            in_batch, out = cursors[out], 1 - out
+    finally:
+        if own:
+            _bindings.lbb_close_fd(h.cell)
 
 
 def _batch_op_missing(e: BpfError, flagged: bool) -> bool:
@@ -492,38 +651,41 @@ def per_key_batches(
 
     The next key is taken *before* the current one is deleted: restarting from NULL after each
     delete would make a drain quadratic. A key another thread deleted in between is skipped
-    (it is theirs). Elements deleted so far are yielded before an error is raised.
+    (it is theirs). Elements deleted so far are yielded before an error is raised; elements
+    deleted when something raised before they were yielded are put back.
     """
-    layout = access.layout
-    fd = access.fd("bpf_map_get_next_key")
-    key, nxt = ffi.new("char[]", layout.key_size), ffi.new("char[]", layout.key_size)
-    value = ffi.new("char[]", layout.value_stride)
-    keys: list[bytes] = []
-    values: list[bytes] = []
-
-    def flush(done: bool) -> Batch:
-        batch = Batch(
-            layout, len(keys), b"".join(keys), b"".join(values), b"", done, access.decoder
-        )
-        keys.clear()
-        values.clear()
-        return batch
-
+    hold = Hold(access, "bpf_map_get_next_key")
     try:
-        more = _bindings.bpf_map_get_next_key(fd, _bindings.NULL, key)
-        while more:
-            more = _bindings.bpf_map_get_next_key(fd, key, nxt)
-            found = _bindings.bpf_map_lookup_elem(fd, key, value)
-            if found and delete:
-                found = _bindings.bpf_map_delete_elem(fd, key)
-            if found:
-                keys.append(ffi.buffer(key)[:])
-                values.append(ffi.buffer(value)[:])
-            key, nxt = nxt, key
-            if len(keys) >= batch_size or (keys and not more):
-                yield flush(not more)
-                fd = access.fd("bpf_map_get_next_key")  # closed between batches: stop
-    except BpfError as e:
-        if keys:
-            yield flush(False)
-        raise e.at(access.where) from None
+        yield from _per_key_walk(access, hold.fd, delete, batch_size, copy)
+    finally:
+        _bindings.lbb_close_fd(hold.cell)
+
+
+def _per_key_walk(
+    access: MapAccess, fd: int, delete: bool, batch_size: int, copy: bool
+) -> Iterator[Batch]:
+    layout = access.layout
+    ks, vs, mode = layout.key_size, layout.value_stride, _put_mode(access.map_type)
+    buf = _Buffers(batch_size, access)
+    key, nxt = ffi.new("char[]", ks), ffi.new("char[]", ks)
+    state = ffi.new("int *")  # lbb_per_key_batch's: not started, key is next, walk over
+    count = ffi.new("__u32 *")
+    rc = 0
+    while rc == 0:
+        access.fd("bpf_map_get_next_key")  # closed between batches: stop
+        count[0] = 0  # lbb_per_key_batch counts up from here as it deletes
+        try:
+            rc = _bindings.lbb_per_key_batch(
+                fd, key, nxt, state, delete, buf.keys, buf.values, ks, vs, buf.capacity, count
+            )
+            batch = buf.batch(count[0], b"", rc == 1, copy)
+        except BaseException:
+            if delete and count[0]:
+                _bindings.lbb_put_back(fd, buf.keys, buf.values, ks, vs, count[0], mode, buf.errs)
+                _raise_unrestored(access, buf.keys, buf.errs, count[0], mode)
+            raise
+        if batch.count:
+            yield batch  # delivered: no call between the try and here
+    if rc < 0:
+        op = "bpf_map_get_next_key/lookup_elem" + ("/delete_elem" if delete else "")
+        raise error_from_errno(-rc, op, access.where)

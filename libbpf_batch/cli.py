@@ -2,22 +2,29 @@
 
 Maps are named as bpftool names them: ``id 42``, ``pinned /sys/fs/bpf/counts``, ``name counts``.
 Exit codes: 0 success, 1 operational error (one line naming the map and the errno), 2 usage
-error; 130 when interrupted (except watch and export, where Ctrl-C is the way out and exits 0).
+error; 130 when interrupted (except watch and export, where Ctrl-C is the way out and exits 0),
+141 when the reader of the output went away (128 + SIGPIPE), 143 when SIGTERM ends a drain.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import itertools
 import json
+import math
 import os
+import signal
 import struct
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import IO, Any
 
+from . import _bindings
+from ._libbpf import ffi
 from ._output import (
     FORMATS,
     PROG,
@@ -29,9 +36,10 @@ from ._output import (
     numeric_fields,
 )
 from ._watch import Reader, write_json, write_view
+from .batch import Batch, put_back
 from .double_buffer import DoubleBufferedMap, is_double_buffered
 from .errors import BpfError
-from .maps import UNDELETABLE_TYPES, Map, MapInfo, map_ids
+from .maps import KEYLESS_TYPES, UNDELETABLE_TYPES, Map, MapInfo, map_ids
 
 SPEC_KINDS = ("id", "pinned", "name")
 DEFAULT_LISTEN = "127.0.0.1:9435"
@@ -256,8 +264,70 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_keys(m: Map, command: str) -> None:
+    if m.type in KEYLESS_TYPES:
+        raise CliError(
+            f"{command}: map {m.name!r} (id {m.id}) is a {m.info.type_name}: it has no keys "
+            "to walk (Map.pop/peek/push in Python)"
+        )
+
+
+class _Terminated(BaseException):
+    """SIGTERM while draining: unwinds like Ctrl-C, so drained entries go back (exit 143)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds(active: bool) -> Iterator[None]:
+    """While draining, SIGTERM raises instead of killing the process mid-batch."""
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Sent:
+    """drain's stdout: a batch's text goes out with write(2) counted to the byte, so the
+    entries a closed pipe or a signal kept from the reader go back into the map."""
+
+    def __init__(self, out: IO[str]) -> None:
+        try:
+            self.fd = out.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file (main() called in-process)
+            self.fd = -1
+        self.out, self.done = out, 0
+        self.written = ffi.new("long *")
+
+    def send(self, data: bytes) -> None:
+        """Write all of ``data``; afterwards (or on any exception) ``done`` bytes went out."""
+        self.done = 0
+        if self.fd < 0:
+            self.out.write(data.decode())
+            self.done = len(data)
+            return
+        buf = ffi.from_buffer(data)
+        while self.done < len(data):
+            self.written[0] = 0
+            try:
+                n = _bindings.lbb_write(
+                    self.fd, buf + self.done, len(data) - self.done, self.written
+                )
+            finally:
+                self.done += max(self.written[0], 0)
+            if n < 0 and -n != errno.EINTR:
+                raise OSError(-n, os.strerror(-n))
+
+
 def _dump(args: argparse.Namespace, drain: bool) -> int:
-    with _map_from_args(args) as m:
+    with _map_from_args(args) as m, _sigterm_unwinds(drain):
+        _require_keys(m, "drain" if drain else "dump")
         if drain and m.type in UNDELETABLE_TYPES:
             raise CliError(
                 f"drain: map {m.name!r} (id {m.id}) is {_article(m.info.type_name)}: its "
@@ -265,22 +335,33 @@ def _dump(args: argparse.Namespace, drain: bool) -> int:
             )
         f = _formatter(m, args)
         writer = Writer(args.format, f, sys.stdout, pretty=args.pretty)
+        sent = _Sent(sys.stdout)
         progress = Progress("drained" if drain else "read", args.quiet)
-        batches = (
-            m.drain(args.batch_size, copy=False)
-            if drain
-            else m.batches(args.batch_size, copy=False)
-        )
+        batches = (m.drain if drain else m.batches)(args.batch_size, copy=False)
+        batch: Batch | None = None
+        before = 0  # entries written before this batch
         try:
             # the first batch before any output: a map that can't be read prints nothing
             first = next(batches, None)
             writer.start()
+            sys.stdout.flush()  # what start() wrote goes before the batches written with send()
             for batch in itertools.chain([first] if first else [], batches):
-                writer.write_batch(batch)
+                if drain:  # delivered once its text is out; counted, to put back the rest
+                    before, sent.done = writer.count, 0
+                    sent.send(writer.render(batch))
+                else:
+                    writer.write_batch(batch)
                 progress.add(batch.count)
+                batch = None
+            writer.finish()
+        except BaseException:
+            if batch is not None and drain:  # deleted, not (all) written: the rest goes back
+                shown = writer.entries_within(batch, before, sent.done)
+                returned = put_back(m.access, batch, shown)
+                _fail(f"drain: {returned} entries not written were returned to the map")
+            raise
         finally:
             progress.done()
-        writer.finish()
     return 0
 
 
@@ -303,14 +384,15 @@ def _check_field(field: str | None, f: EntryFormatter) -> str | None:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    if args.interval <= 0:
-        raise UsageError("--interval must be positive")
+    if not (math.isfinite(args.interval) and 0 < args.interval <= 86400):
+        raise UsageError(f"--interval must be seconds in (0, 86400], got {args.interval!r}")
     if args.top <= 0:
         raise UsageError("--top must be positive")
     iterations = 1 if args.once else args.count
     out = sys.stdout
     clear = out.isatty() and not args.once and args.format == "table"
-    with _map_from_args(args) as m, contextlib.ExitStack() as stack:
+    with _map_from_args(args) as m, _sigterm_unwinds(args.drain), contextlib.ExitStack() as stack:
+        _require_keys(m, "watch")
         # the outer map of a double buffer: drained exactly by swapping (harvest), read and
         # formatted as its inner maps (both have the inner map's spec and BTF)
         dbuf = None
@@ -336,23 +418,31 @@ def cmd_watch(args: argparse.Namespace) -> int:
         )
         last: float | None = None
         done = 0
+        taken: list[Batch] = []  # drained this pass and not yet shown: put back if stopped
         try:
             while True:
                 now = time.monotonic()
                 dt = None if last is None else now - last
-                top, entries = reader.read(dt)
+                taken = []
+                top, entries = reader.read(dt, taken)
                 if args.format == "json":
                     write_json(out, m, f, top, entries, dt)
                 else:
                     write_view(out, m, f, top, entries, dt, drained=args.drain, clear=clear)
                 out.flush()
+                taken = []  # shown
                 last = now
                 done += 1
                 if iterations is not None and done >= iterations:
                     return 0
                 time.sleep(max(0.0, args.interval - (time.monotonic() - now)))
-        except KeyboardInterrupt:
-            return 0
+        except (KeyboardInterrupt, _Terminated) as e:
+            if taken:
+                # a harvest's go back into the inner map in the slot: it outlives the command
+                back = dbuf.current.access if dbuf is not None else m.access
+                returned = sum(put_back(back, b) for b in taken)
+                _fail(f"watch: {returned} drained entries not shown were returned to the map")
+            return 0 if isinstance(e, KeyboardInterrupt) else 128 + signal.SIGTERM
 
 
 # -- export -------------------------------------------------------------------------------
@@ -642,13 +732,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(str(e.strerror or e))
         return 1
     except BrokenPipeError:
-        # The reader went away (e.g. `| head`): stop quietly, as cat does.
+        # The reader went away (e.g. `| head`): stop as cat does, with SIGPIPE's status.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-        return 1
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
         return 130
+    except _Terminated:
+        return 128 + signal.SIGTERM
 
 
 __all__ = ["EntryFormatter", "main", "numeric_fields", "open_map", "parse_spec"]

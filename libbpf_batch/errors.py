@@ -53,6 +53,30 @@ class NotAMapError(BpfError, ValueError):
     """The file descriptor or pin is a BPF object, or a file, that is not a map (EINVAL)."""
 
 
+class PutBackError(BpfError):
+    """Elements a drain deleted and could not deliver also could not go back into the map.
+
+    ``lost`` is how many, ``keys`` which (bytes), ``errno`` the first failure's (E2BIG: the
+    map filled up meanwhile). Raised from the interruption that made them undeliverable, which
+    is its ``__context__``; nothing is lost silently.
+    """
+
+    lost: int = 0
+    keys: list[bytes]
+
+    @classmethod
+    def of(cls, err: int, where: str, keys: list[bytes]) -> PutBackError:
+        """The error for ``keys`` that ``where`` (a map) refused with ``err``."""
+        shown = ", ".join(k.hex() for k in keys[:8]) + (", ..." if len(keys) > 8 else "")
+        e = cls(
+            err,
+            f"put back: {where}: {len(keys)} drained elements could not be put back and are "
+            f"lost (keys {shown}): {strerror(err)}",
+        )
+        e.op, e.lost, e.keys = "put back", len(keys), keys
+        return e
+
+
 _CLASS_BY_ERRNO: dict[int, type[BpfError]] = {
     errno.ENOENT: BpfNotFoundError,
     errno.EPERM: BpfPermissionError,

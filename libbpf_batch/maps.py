@@ -5,9 +5,11 @@ from __future__ import annotations
 import enum
 import errno
 import itertools
+import operator
 import os
+import threading
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -25,7 +27,15 @@ from ._cdata import (
     read_map_info,
 )
 from ._libbpf import ffi, lib
-from .batch import Batch, MapAccess, lookup_batches, one_batch
+from .batch import (
+    Batch,
+    Hold,
+    MapAccess,
+    batch_capacity,
+    lookup_batches,
+    one_batch,
+    put_back,
+)
 from .btf import MapDecoder
 from .errors import (
     ENOTSUPP,
@@ -118,6 +128,9 @@ PERCPU_TYPES = frozenset(
 MAP_OF_MAPS_TYPES = frozenset({MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS})
 # Plain arrays have no delete at all (arraymap.c), so they can't be drained.
 UNDELETABLE_TYPES = frozenset({MapType.ARRAY, MapType.PERCPU_ARRAY})
+# No keys (key_size 0): the kernel refuses get_next_key and batch ops; pop/peek/push instead.
+KEYLESS_TYPES = frozenset({MapType.QUEUE, MapType.STACK, MapType.BLOOM_FILTER})
+_QUEUE_TYPES = frozenset({MapType.QUEUE, MapType.STACK})
 
 _NCPUS: int | None = None
 
@@ -218,8 +231,28 @@ def _pin_path(path: str | bytes, where: str) -> bytes:
     return raw
 
 
-def _pin_hint(e: BpfError) -> str:
-    # The kernel answers EPERM for a path outside a bpffs, which reads like a capability problem.
+BPF_FS_MAGIC = 0xCAFE4A11  # include/uapi/linux/magic.h: statfs().f_type of a bpffs
+
+
+def _fs_magic(path: bytes) -> int | None:
+    """statfs(path).f_type (of the parent while ``path`` does not exist); None if unknown."""
+    import ctypes  # only on this error path
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(512)  # struct statfs: f_type (a C long) first
+    for candidate in (path, os.path.dirname(path) or b"."):
+        if libc.statfs(candidate, buf) == 0:
+            return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+    return None
+
+
+def _pin_hint(e: BpfError, path: bytes) -> str:
+    # Outside a bpffs the kernel answers EACCES (bpf_obj_get) or EPERM (bpf_obj_pin), which
+    # read like a permission problem: say what is wrong when statfs() can tell.
+    if e.errno in (errno.EPERM, errno.EACCES):
+        magic = _fs_magic(path)
+        if magic is not None and magic != BPF_FS_MAGIC:
+            return "(the path is not on a bpffs; mount one: mount -t bpf bpf DIR)"
     if e.errno == errno.EPERM:
         return "(root or CAP_BPF needed, and the path must be on a bpffs: mount -t bpf bpf DIR)"
     return ""
@@ -236,6 +269,7 @@ class Map:
     def __init__(self, fd: int, info: MapInfo | None = None) -> None:
         """Take ownership of ``fd`` (a map fd); most callers want a classmethod instead."""
         self._fd = fd
+        self._lock = threading.Lock()  # close() vs dup(): no dup of a reused fd number
         try:
             self.info = info if info is not None else map_info(fd)
         except BaseException:
@@ -321,7 +355,7 @@ class Map:
         try:
             fd = _bindings.bpf_obj_get(raw)
         except BpfError as e:
-            raise e.at(repr(where), _pin_hint(e)) from None
+            raise e.at(repr(where), _pin_hint(e, raw)) from None
         try:
             _require_map_fd(fd, "open_pinned", repr(where))
         except BaseException:
@@ -342,14 +376,26 @@ class Map:
         try:
             _bindings.bpf_obj_pin(fd, raw)
         except BpfError as e:
-            raise e.at(self._where, f"path {os.fspath(path)!r} {_pin_hint(e)}".rstrip()) from None
+            hint = _pin_hint(e, raw)
+            raise e.at(self._where, f"path {os.fspath(path)!r} {hint}".rstrip()) from None
 
     # -- lifecycle ---------------------------------------------------------------------
     def close(self) -> None:
-        """Close the map's fd; further operations raise ValueError. Idempotent."""
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
+        """Close the map's fd; further operations raise ValueError. Idempotent.
+
+        An iterator running in another thread finishes the call it is in on this map (it has
+        its own duplicate of the fd), then raises ValueError; drain_items() still puts back
+        the rest of its batch.
+        """
+        with self._lock:
+            fd, self._fd = self._fd, -1
+            if fd >= 0:
+                os.close(fd)
+
+    def _dup(self, op: str) -> int:
+        """A duplicate of the fd, made under the lock close() takes (ValueError when closed)."""
+        with self._lock:
+            return os.dup(self._checked_fd(op))
 
     @property
     def closed(self) -> bool:
@@ -432,7 +478,13 @@ class Map:
         holding it back would be a reference cycle that delays closing a dropped map.
         """
         return MapAccess(
-            self._checked_fd, self.layout, self.info.max_entries, self._where, self.decoder
+            self._checked_fd,
+            self.layout,
+            self.info.max_entries,
+            self._where,
+            self._dup,
+            int(self.info.type),
+            self.decoder,
         )
 
     def decoder(self) -> MapDecoder:
@@ -456,6 +508,13 @@ class Map:
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)``, a BpfError it raises naming this map."""
         return named_call(self._where, fn, *args)
+
+    def _check_keyed(self, op: str) -> None:
+        if self.info.type in KEYLESS_TYPES:
+            raise ValueError(
+                f"{op}: {self._where} is a {self.info.type_name}: it has no keys to walk; "
+                "use pop(), peek() and push()"
+            )
 
     def _check_deletable(self, op: str) -> None:
         if self.info.type in UNDELETABLE_TYPES:
@@ -517,6 +576,7 @@ class Map:
     def next_key(self, key: BytesLike | None = None) -> bytes | None:
         """The key after ``key`` (None: the first key); None at the end of the map."""
         fd = self._checked_fd("bpf_map_get_next_key")
+        self._check_keyed("bpf_map_get_next_key")
         k = _bindings.NULL if key is None else self._key(key, "bpf_map_get_next_key")
         out = ffi.new("char[]", self.key_size)
         found = self._call(_bindings.bpf_map_get_next_key, fd, k, out)
@@ -533,6 +593,50 @@ class Map:
     def __contains__(self, key: BytesLike) -> bool:
         return self.lookup(key) is not None
 
+    # -- QUEUE, STACK, BLOOM_FILTER: values without keys ---------------------------------
+    def _keyless(self, op: str, types: frozenset[MapType]) -> int:
+        fd = self._checked_fd(op)
+        if self.info.type not in types:
+            names = "/".join(sorted(t.name for t in types))
+            raise ValueError(f"{op}: {self._where} is a {self.info.type_name}, not a {names}")
+        return fd
+
+    def push(self, value: BytesLike, flags: int = 0) -> None:
+        """QUEUE/STACK: add ``value`` (``ElemFlags.EXIST``: drop the oldest when full);
+        BLOOM_FILTER: add ``value`` to the set."""
+        op = "bpf_map_update_elem"
+        fd = self._keyless(op, KEYLESS_TYPES)
+        v = self._value(value, op)
+        check_uint(flags, "flags", 64, f"{op}: {self._where}")
+        self._call(_bindings.bpf_map_update_elem, fd, _bindings.NULL, v, flags)
+
+    def pop(self) -> bytes | None:
+        """QUEUE/STACK: take the next value (queue: oldest, stack: newest); None when empty."""
+        op = "bpf_map_lookup_and_delete_elem"
+        fd = self._keyless(op, _QUEUE_TYPES)
+        value = ffi.new("char[]", self.value_stride)
+        found = self._call(_bindings.bpf_map_lookup_and_delete_elem, fd, _bindings.NULL, value)
+        return ffi.buffer(value)[:] if found else None
+
+    def peek(self, value: BytesLike | None = None) -> bytes | None:
+        """QUEUE/STACK: the next value without taking it; None when empty.
+
+        BLOOM_FILTER: ``value`` when it may be in the set, None when it is certainly not.
+        """
+        op = "bpf_map_lookup_elem"
+        fd = self._keyless(op, KEYLESS_TYPES)
+        if self.info.type == MapType.BLOOM_FILTER:
+            if value is None:
+                raise TypeError(f"{op}: {self._where}: a bloom filter's peek() takes a value")
+            v = self._value(value, op)
+            found = self._call(_bindings.bpf_map_lookup_elem, fd, _bindings.NULL, v)
+            return bytes(value) if found else None
+        if value is not None:
+            raise TypeError(f"{op}: {self._where}: peek() of a {self.info.type_name} takes none")
+        out = ffi.new("char[]", self.value_stride)
+        found = self._call(_bindings.bpf_map_lookup_elem, fd, _bindings.NULL, out)
+        return ffi.buffer(out)[:] if found else None
+
     # -- one batch, one syscall --------------------------------------------------------
     def lookup_batch(
         self, count: int, cursor: bytes | None = None, *, elem_flags: int = 0, flags: int = 0
@@ -543,6 +647,7 @@ class Map:
         ``done`` says the walk is over. ENOSPC means the next hash bucket holds more than
         ``count`` elements: retry from the same cursor with a larger count.
         """
+        self._check_keyed("bpf_map_lookup_batch")
         return one_batch(self.access, False, count, cursor, elem_flags, flags)
 
     def lookup_and_delete_batch(
@@ -550,8 +655,10 @@ class Map:
     ) -> Batch:
         """Like lookup_batch(), deleting what it returns (hash-family maps only).
 
-        If the kernel fails after deleting elements, the error's ``batch`` holds them.
+        If the kernel fails after deleting elements, the error's ``batch`` holds them; if
+        something else raises (a signal handler) before they are returned, they are put back.
         """
+        self._check_keyed("bpf_map_lookup_and_delete_batch")
         return one_batch(self.access, True, count, cursor, elem_flags, flags)
 
     def update_batch(
@@ -646,6 +753,7 @@ class Map:
         returns each index once; an LPM trie whose cursor key is deleted restarts from its
         first key, so keys may repeat.
         """
+        self._check_keyed("bpf_map_lookup_batch")
         return lookup_batches(
             self.access,
             delete=False,
@@ -666,10 +774,14 @@ class Map:
         """Yield the map's elements batch by batch, deleting each batch as it is read.
 
         Every element is delivered exactly once; inserts made meanwhile into buckets already
-        drained stay in the map. Stopping early leaves the rest in the map.
+        drained stay in the map. Stopping early leaves the rest in the map. Interrupted
+        anywhere (a signal handler that raises, close() from another thread), a batch the
+        kernel deleted and that was not yet yielded goes back into the map before the
+        exception propagates (see README, "Exactly once").
         """
         op = "bpf_map_lookup_and_delete_batch"
         self._checked_fd(op)
+        self._check_keyed(op)
         self._check_deletable(op)
         return lookup_batches(
             self.access,
@@ -699,53 +811,53 @@ class Map:
             map(Batch.value_list, self.batches(batch_size, copy=False))
         )
 
-    def drain_items(self, batch_size: int | None = None) -> Iterator[tuple[bytes, bytes]]:
-        """Every ``(key, value)``, deleting as it reads (see drain()).
+    def drain_items(
+        self, batch_size: int | None = None
+    ) -> Generator[tuple[bytes, bytes], None, None]:
+        """Every ``(key, value)``, deleting as it reads (see drain()); a generator.
 
         Elements are deleted a batch at a time. Stopping in the middle of a batch (break, an
-        exception, dropping the iterator) puts the elements of it not yet taken back into the
-        map, where their key is still absent: a key re-created meanwhile keeps its new value.
+        exception or a signal in the consumer, close(), dropping the generator, the Map closed
+        first) puts the elements of it not yet taken back into the map, where their key is
+        still absent: a key re-created meanwhile keeps its new value. After fork(), only the
+        process that took a batch puts it back.
         """
-        return self._take_pairs(self.drain(batch_size, copy=False))
+        op = "bpf_map_lookup_and_delete_batch"
+        self._checked_fd(op)
+        self._check_keyed(op)
+        self._check_deletable(op)
+        # checked now, not at the first next(), as drain() does
+        batch_capacity(batch_size, self.max_entries, f"{op}: {self._where}")
+        return self._take_pairs(self.access, batch_size)
 
-    def _take_pairs(self, batches: Iterator[Batch]) -> Iterator[tuple[bytes, bytes]]:
-        # chain() hands out pairs with no Python frame per element; a consumer that stops
-        # early drops it, which closes track() at the batch it was in: the rest goes back.
-        def track() -> Iterator[Iterator[tuple[bytes, bytes]]]:
+    @staticmethod
+    def _take_pairs(
+        access: MapAccess, batch_size: int | None
+    ) -> Generator[tuple[bytes, bytes], None, None]:
+        # `yield from` over the batch's C-level iterator: no Python frame per element and no
+        # point where a signal can be raised between taking a pair and yielding it. Whatever
+        # stops us, the pairs not yet yielded are the iterator's length_hint.
+        op = "bpf_map_lookup_and_delete_batch"
+        hold = Hold(access, op)  # the put-back needs this map even if it is closed meanwhile
+        batch = pairs = None
+        taker = os.getpid()
+        try:
+            batches = lookup_batches(
+                access, delete=True, batch_size=batch_size, copy=False, hold=hold
+            )
             for batch in batches:
-                pairs = iter(batch)
-                try:
-                    yield pairs
-                except GeneratorExit:
-                    self._put_back(pairs)
-                    raise
-
-        return itertools.chain.from_iterable(track())
-
-    def _put_back(self, pairs: Iterable[tuple[bytes, bytes]]) -> int:
-        """Re-insert drained elements nobody took (BPF_NOEXIST); returns how many went back."""
-        if self.closed:
-            return 0
-        restored = 0
-        for key, value in pairs:
-            try:
-                if self.info.type == MapType.ARRAY_OF_MAPS:
-                    # arrays refuse NOEXIST (every index exists); an empty slot reads ENOENT
-                    if self.lookup(key) is not None:
-                        continue
-                    flags = ElemFlags.ANY
-                else:
-                    flags = ElemFlags.NOEXIST
-                if self.info.type in MAP_OF_MAPS_TYPES:  # drained as an id, written as an fd
-                    with Map.from_id(int.from_bytes(value, "little")) as inner:
-                        self.update(key, inner, flags)
-                else:
-                    self.update(key, value, flags)
-                restored += 1
-            except BpfError as e:
-                if e.errno not in (errno.EEXIST, errno.ENOENT):  # ENOENT: inner map freed
-                    raise
-        return restored
+                pairs = None
+                taker = os.getpid()
+                it = iter(batch)
+                pairs = it if hasattr(it, "__length_hint__") else iter(list(it))
+                yield from pairs
+        except BaseException:
+            if batch is not None and taker == os.getpid():  # a fork's child never
+                rest = batch.count if pairs is None else operator.length_hint(pairs)
+                put_back(access, batch, batch.count - rest, hold=hold)
+            raise
+        finally:
+            hold.close()
 
     def __iter__(self) -> Iterator[bytes]:
         return self.keys()

@@ -99,9 +99,18 @@ class World:
     stale_id: int  # the id of a map that no longer exists
     bpffs: Path  # a private bpffs: pinned map 'victim' at bpffs/victim, prog at bpffs/prog
     tmp: Path  # a directory that is not on a bpffs, with a regular file 'file'
+    queue: Map  # QUEUE 'victim_q' holding 7 (no keys: pop/peek/push only)
+    bloom: Map  # BLOOM_FILTER 'victim_bloom' holding 7
 
-    def snapshot(self) -> tuple[dict[bytes, bytes], ...]:
-        return contents(self.m), contents(self.arr), contents(self.full), contents(self.ro)
+    def snapshot(self) -> tuple[object, ...]:
+        return (
+            contents(self.m),
+            contents(self.arr),
+            contents(self.full),
+            contents(self.ro),
+            self.queue.peek(),
+            self.bloom.peek(u64(7)),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +149,10 @@ def world(bpf_fs: Path) -> Iterator[World]:
         prog_fd = load_socket_filter()
         fds += [pipe_r, pipe_w, regular_fd, prog_fd]
         _bindings.bpf_obj_pin(prog_fd, os.fsencode(bpffs / "prog"))
+        queue = make(MapType.QUEUE, 0, 8, 4, name="victim_q")
+        queue.push(u64(7))
+        bloom = make(MapType.BLOOM_FILTER, 0, 8, 4, name="victim_bloom")
+        bloom.push(u64(7))
         closed_fd = os.open(os.devnull, os.O_RDONLY)
         os.close(closed_fd)  # a number that was an fd a moment ago
         yield World(
@@ -156,6 +169,8 @@ def world(bpf_fs: Path) -> Iterator[World]:
             stale_id,
             bpffs,
             tmp,
+            queue,
+            bloom,
         )
     finally:
         for mm in made:
@@ -346,7 +361,7 @@ ROWS = [
         lambda w: Map.open_pinned(w.tmp / "file"),
         BpfPermissionError,
         errno.EACCES,
-        "bpf_obj_get",
+        "the path is not on a bpffs",
         None,
     ),
     Row(
@@ -387,7 +402,7 @@ ROWS = [
         lambda w: w.m.pin(w.tmp / "pin"),
         BpfPermissionError,
         errno.EPERM,
-        "bpf_obj_pin",
+        "the path is not on a bpffs",
     ),
     Row("pin/exists", lambda w: w.m.pin(w.bpffs / "victim"), BpfError, errno.EEXIST, "bpf_obj_pin"),
     Row(
@@ -865,6 +880,77 @@ for _name, _op in ITERATORS.items():
         ]
 
 
+# QUEUE, STACK, BLOOM_FILTER have no keys: every walk is refused before any syscall (it used to
+# be "bpf_map_get_next_key: Invalid argument"); their own operations are pop/peek/push.
+STRIDED = memoryview(bytearray(16))[::2]  # 8 bytes, not contiguous
+NO_KEYS = "has no keys to walk; use pop(), peek() and push()"
+for _name, _args in {
+    **{name: () for name in ITERATORS},
+    "clear": (),
+    "next_key": (),
+    "lookup_batch": (4,),
+    "lookup_and_delete_batch": (4,),
+}.items():
+    for _target in ("queue", "bloom"):
+        ROWS.append(
+            Row(
+                f"{_name}/{_target}-has-no-keys",
+                _it(_name, _target, *_args),
+                ValueError,
+                op=NO_KEYS,
+                map=_target,
+            )
+        )
+ROWS += [
+    Row(
+        "lookup_batch/cursor-strided",
+        lambda w: w.m.lookup_batch(4, STRIDED),
+        ValueError,
+        op=f"{LB}: map 'victim' (id",
+    ),
+    Row(
+        "lookup/key-strided",
+        lambda w: w.m.lookup(STRIDED[:4]),
+        ValueError,
+        op="bpf_map_lookup_elem",
+    ),
+    Row(
+        "update_batch/values-strided",
+        lambda w: w.m.update_batch([K], STRIDED),
+        ValueError,
+        op=UB,
+    ),
+    Row(
+        "pop/not-a-queue",
+        lambda w: w.m.pop(),
+        ValueError,
+        op="bpf_map_lookup_and_delete_elem",
+    ),
+    Row(
+        "peek/bloom-without-value",
+        lambda w: w.bloom.peek(),
+        TypeError,
+        op="bpf_map_lookup_elem",
+        map="bloom",
+    ),
+    Row(
+        "peek/queue-with-value",
+        lambda w: w.queue.peek(V),
+        TypeError,
+        op="bpf_map_lookup_elem",
+        map="queue",
+    ),
+    Row("push/not-keyless", lambda w: w.m.push(V), ValueError, op="bpf_map_update_elem"),
+    Row(
+        "push/value-short",
+        lambda w: w.queue.push(b"\1"),
+        ValueError,
+        op="bpf_map_update_elem",
+        map="queue",
+    ),
+]
+
+
 def test_the_table_covers_every_public_entry_point() -> None:
     covered = {row.id.split("/")[0] for row in ROWS}
     public = {
@@ -888,6 +974,10 @@ def test_the_table_covers_every_public_entry_point() -> None:
         "keys",
         "values",
         "drain_items",
+        "clear",
+        "pop",
+        "peek",
+        "push",
     }
     assert public <= covered, public - covered
     assert len({row.id for row in ROWS}) == len(ROWS)
@@ -934,6 +1024,29 @@ def test_update_batch_failing_midway_reports_how_many_were_applied(
     assert info.value.errno == errno.E2BIG
     assert info.value.count == 2
     assert contents(m) == {u32(1): u64(10), u32(2): u64(20)}
+
+
+@pytest.mark.parametrize("map_type", [MapType.QUEUE, MapType.STACK], ids=lambda t: t.name.lower())
+def test_queue_and_stack_work_through_pop_peek_push(
+    make_map: Callable[..., Map], map_type: MapType
+) -> None:
+    q = make_map(map_type, 0, 8, 3)
+    for i in range(3):
+        q.push(u64(i))
+    with pytest.raises(BpfError) as info:  # full
+        q.push(u64(9))
+    assert info.value.errno == errno.E2BIG
+    order = [u64(i) for i in (range(3) if map_type == MapType.QUEUE else range(2, -1, -1))]
+    assert q.peek() == order[0]
+    assert [q.pop() for _ in range(4)] == [*order, None]
+    assert q.peek() is None
+
+
+def test_bloom_filter_works_through_push_and_peek(make_map: Callable[..., Map]) -> None:
+    b = make_map(MapType.BLOOM_FILTER, 0, 8, 100)
+    b.push(u64(7))
+    assert b.peek(u64(7)) == u64(7)
+    assert sum(b.peek(u64(i)) is not None for i in range(1000, 1100)) < 20  # false positives
 
 
 def test_huge_batch_size_is_capped_at_max_entries(make_map: Callable[..., Map]) -> None:

@@ -33,7 +33,13 @@ SLEEPS, SLEEP = 20, 0.005
 # The workload: sched_yield at a steady 1000/s under one name, then short sleeps under another.
 # Prints the yield phase's wall-clock end and each sleep's duration in microseconds.
 WORKLOAD = r"""
-import json, os, sys, time
+import ctypes, json, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+class timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+def nanosleep(seconds):  # time.sleep is select() before Python 3.11: no nanosleep to see
+    ts = timespec(int(seconds), int(seconds % 1 * 1e9))
+    libc.nanosleep(ctypes.byref(ts), None)
 def name(n):
     with open("/proc/self/comm", "w") as f:
         f.write(n)
@@ -52,7 +58,7 @@ name(sleeps)
 took = []
 for _ in range(n_sleeps):
     t = time.perf_counter()
-    time.sleep(sleep)
+    nanosleep(sleep)
     took.append((time.perf_counter() - t) * 1e6)
 print(json.dumps({"yield_end": end, "sleeps_us": took}), flush=True)
 """
