@@ -2,15 +2,16 @@
 
 1. A HASH map of ``entries`` elements ``{u32 pid; u16 port; u8 proto}`` -> ``{u64 packets;
    u64 bytes}``, created with BTF (the source is generated here, built with clang) and filled
-   with update_batch. One scrape of it over HTTP: the exporter runs in a fresh child process
-   (so its peak RSS is the scrape's own) on a loopback port, and this process reads the body
-   in 1 MiB pieces into a file. Reported: seconds (request to last byte), body bytes, the
-   exporter's peak RSS (VmHWM), its RSS before the scrape, its CPU time, how long its batch
-   reads took; then every line of the body is checked (count, sums of both values).
+   with update_batch. ``scrapes`` scrapes of it over HTTP (default 3): the exporter runs in a
+   fresh child process (so its peak RSS is the scrapes' own) on a loopback port, and this
+   process reads each body in 1 MiB pieces into a file. Reported (medians, and every run):
+   seconds (request to last byte), the exporter's CPU time, how long its batch reads took;
+   body bytes, its peak RSS (VmHWM) and its RSS before the scrapes; then every line of the last
+   body is checked (count, sums of both values).
 2. The C per-key reader (bench/export_perkey.c: get_next_key + lookup_elem per key, as
-   ebpf_exporter walks a map), on the same map in the same run; once walking only, once also
-   formatting the text lines in C; wall and CPU time. Ratios: its walk / our scrape (wall,
-   and CPU) and its walk / our batch reads.
+   ebpf_exporter walks a map), on the same map in the same run, as many times; once walking
+   only, once also formatting the text lines in C; wall and CPU time (medians). Ratios: its
+   walk / our scrape (wall, and CPU) and its walk / our batch reads.
 3. A 10,000-entry histogram map (100 label sets x 100 linear buckets, ebpf_exporter labels with
    uint decoders): one scrape, timed (median of 5).
 
@@ -84,61 +85,79 @@ def hwm():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
 
-map_id = int(sys.argv[1])
+map_id, scrapes = int(sys.argv[1]), int(sys.argv[2])
 spec = MetricSpec(kind="counter", name="flows", help="bench", map=MapRef("id", map_id))
 exporter = Exporter(lambda: load([], DecoderSet(), extra=[(spec, Map.from_id(map_id), {})]))
 server = metrics_server(exporter, "127.0.0.1", 0, max_scrapes=1)
-before, cpu0 = hwm(), resource.getrusage(resource.RUSAGE_SELF)
-print(server.server_address[1], flush=True)
-server.serve_forever()
-cpu1 = resource.getrusage(resource.RUSAGE_SELF)
 metric = exporter.loaded.metrics[0]
-peak = hwm()
-print(json.dumps({"peak_rss": peak, "rss_before": before, "read_seconds": metric.read_duration,
-                  "server_seconds": metric.duration,
-                  "cpu_seconds": cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime,
-                  "entries": metric.entries, "fast_path": metric.fast}), flush=True)
+before = hwm()
+print(server.server_address[1], flush=True)
+for _ in range(scrapes):  # one scrape per serve_forever(); its CPU time and read time
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    server.serve_forever()
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"cpu_seconds": cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime
+                      - cpu0.ru_stime, "read_seconds": metric.read_duration,
+                      "server_seconds": metric.duration}), flush=True)
+print(json.dumps({"peak_rss": hwm(), "rss_before": before, "entries": metric.entries,
+                  "fast_path": metric.fast}), flush=True)
 server.server_close(); exporter.close()
 """
 
 
-def _scrape(map_id: int, body_path: Path) -> dict[str, Any]:
-    """One scrape of the child exporter: timed from request to the body's last byte."""
+def _scrape(map_id: int, body_path: Path, scrapes: int = 3) -> dict[str, Any]:
+    """``scrapes`` scrapes of one child exporter, each timed from request to the body's last
+    byte (the last body is kept); medians of wall, CPU and read time, and every run."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(map_id)], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", CHILD, str(map_id), str(scrapes)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
+    runs = []
     try:
         assert child.stdout is not None
         port = int(child.stdout.readline())
-        start = time.perf_counter()
-        size = 0
-        with (
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=600) as r,
-            open(body_path, "wb") as out,
-        ):
-            while piece := r.read(1 << 20):
-                out.write(piece)
-                size += len(piece)
-        seconds = time.perf_counter() - start
+        for _ in range(scrapes):
+            start = time.perf_counter()
+            size = 0
+            with (
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=600) as r,
+                open(body_path, "wb") as out,
+            ):
+                while piece := r.read(1 << 20):
+                    out.write(piece)
+                    size += len(piece)
+            seconds = time.perf_counter() - start
+            runs.append({"seconds": seconds, **json.loads(child.stdout.readline())})
         stats = json.loads(child.stdout.readline())
         child.wait(60)
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
-    return {"seconds": seconds, "body_bytes": size, **stats}
+    median = {
+        k: statistics.median(r[k] for r in runs)
+        for k in ("seconds", "cpu_seconds", "read_seconds", "server_seconds")
+    }
+    return {**median, "body_bytes": size, **stats, "runs": runs}
 
 
-def _run_c(binary: Path, map_id: int, *args: str) -> dict[str, Any]:
-    """The C reader's JSON report plus the CPU time it used (user + system)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(
-        [str(binary), "--id", str(map_id), *args], check=True, capture_output=True, text=True
-    ).stdout
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return {**json.loads(out), "cpu_seconds": cpu}
+def _run_c(binary: Path, map_id: int, *args: str, repeat: int = 3) -> dict[str, Any]:
+    """The C reader's JSON report plus the CPU time it used (user + system): medians of
+    ``repeat`` runs, and every run."""
+    runs = []
+    for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out = subprocess.run(
+            [str(binary), "--id", str(map_id), *args], check=True, capture_output=True, text=True
+        ).stdout
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        runs.append({**json.loads(out), "cpu_seconds": cpu})
+    median = {k: statistics.median(r[k] for r in runs) for k in ("seconds", "cpu_seconds")}
+    return {**runs[-1], **median, "runs": runs}
 
 
 def _check_body(body_path: Path) -> tuple[int, int, int]:
@@ -242,8 +261,9 @@ def _histogram_scrape(obj_map: Any, tmp: Path) -> dict[str, Any]:
         loaded.close()
 
 
-def run(entries: int = 1_000_000) -> dict[str, Any]:
-    """Build the maps, scrape them, run the C per-key reader; everything in one dict."""
+def run(entries: int = 1_000_000, scrapes: int = 3) -> dict[str, Any]:
+    """Build the maps, scrape them, run the C per-key reader; everything in one dict (wall
+    and CPU times: medians of ``scrapes`` runs of each)."""
     from libbpf_batch.objects import BpfObject
 
     with tempfile.TemporaryDirectory(prefix="export-bench-") as d:
@@ -256,11 +276,11 @@ def run(entries: int = 1_000_000) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 want_packets, want_bytes = _fill_flows(flows, entries)
                 fill_s = time.perf_counter() - t0
-                scrape = _scrape(flows.id, tmp / "body.txt")
+                scrape = _scrape(flows.id, tmp / "body.txt", scrapes)
                 lines, packets, nbytes = _check_body(tmp / "body.txt")
                 ok = (lines, packets, nbytes) == (2 * entries, want_packets, want_bytes)
-                c_walk = _run_c(c_reader, flows.id)
-                c_fmt = _run_c(c_reader, flows.id, "--format")
+                c_walk = _run_c(c_reader, flows.id, repeat=scrapes)
+                c_fmt = _run_c(c_reader, flows.id, "--format", repeat=scrapes)
                 ok = ok and c_walk["entries"] == entries and c_walk["sum"] == want_packets
                 hist = _histogram_scrape(latency, tmp)
     return {
@@ -289,9 +309,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--entries", type=int, default=1_000_000)
+    p.add_argument("--scrapes", type=int, default=3, help="scrapes (and C walks) to time")
     p.add_argument("--json", metavar="FILE", help="write the result here too")
     args = p.parse_args(argv)
-    result = run(args.entries)
+    result = run(args.entries, args.scrapes)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -14,7 +14,7 @@ import itertools
 import json
 import operator
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 from ._output import EntryFormatter, hex_list
@@ -44,6 +44,7 @@ class Reader:
         m: Map,
         f: EntryFormatter,
         *,
+        harvest: Callable[..., Iterator[Batch]] | None = None,
         drain: bool,
         batch_size: int | None,
         sort: str,
@@ -52,6 +53,7 @@ class Reader:
         rates: bool,
     ) -> None:
         self.m, self.f, self.drain, self.batch_size = m, f, drain, batch_size
+        self.harvest = harvest  # a double buffer's: swap, then drain what was swapped out
         self.sort, self.top = sort, top
         self.inner_maps = m.type in MAP_OF_MAPS_TYPES  # values are map ids, not quantities
         self.names: tuple[str, ...] = () if self.inner_maps else f.number_names()
@@ -70,7 +72,12 @@ class Reader:
         """
         m, f = self.m, self.f
         keep = [] if taken is None else taken
-        batches = m.drain(self.batch_size) if self.drain else m.batches(self.batch_size, copy=False)
+        if self.harvest is not None:  # copies, as drain's: kept in ``taken`` until shown
+            batches = self.harvest(self.batch_size)
+        elif self.drain:
+            batches = m.drain(self.batch_size)
+        else:
+            batches = m.batches(self.batch_size, copy=False)
         best: list[tuple[Any, ...]] = []
         prev = self.prev
         entries = 0

@@ -16,7 +16,10 @@ import array
 import itertools
 import json
 import struct
-from dataclasses import dataclass
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from dataclasses import field as _default
 from typing import Any, Callable, Union
 
 from . import _bindings
@@ -414,6 +417,7 @@ def load_btf(btf_id: int) -> Btf:
 
 _UINT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
 _FLOAT_CODES = {2: "e", 4: "f", 8: "d"}
+_COLUMN_CODES = frozenset("BHIQbhiqfd")  # memoryview.cast formats of the struct codes
 _INLINE_LEAVES = 256  # an array with more leaves than this decodes through its element's plan
 _Piece = Union[str, tuple[str, str]]  # JSON text: a literal, or ('%d' | '%s', expression)
 
@@ -445,14 +449,47 @@ def _finite(v: Any) -> Any:
     return v
 
 
+NUMERIC_KINDS = frozenset({"uint", "int", "bool", "float", "enum"})
+
+
+@dataclass(frozen=True)
+class Field:
+    """One scalar of a compiled type, as :attr:`Plan.fields` lists them.
+
+    ``name`` is its dotted path (``'stats.bytes'``, ``'addr.0'``; ``''`` for a bare scalar);
+    ``offset``/``size`` its bytes in the element (a bitfield: the bytes holding it). ``kind``:
+    ``uint``, ``int``, ``bool``, ``float``, ``enum`` (numbers; a bitfield is one of these),
+    ``string`` (a char array, its raw bytes), ``pointer`` (an int, not a quantity), ``union``
+    (its raw bytes: the members overlap, none of them is *the* value), ``bytes`` (a long
+    double, an array too large to flatten). ``enumerators``: an enum's (name, value) pairs.
+    """
+
+    name: str
+    offset: int
+    size: int
+    kind: str
+    signed: bool = False
+    enumerators: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def numeric(self) -> bool:
+        """True for a number (ints, bools, floats, enums as their value)."""
+        return self.kind in NUMERIC_KINDS
+
+
+_FieldCode = tuple[Field, str]  # a field and the expression of its value
+
+
 @dataclass
 class _Code:
-    """What a type compiles to, over leaf variables: Python value, JSON text, numbers."""
+    """What a type compiles to, over leaf variables: Python value, JSON text, numbers, and
+    its fields (unions as one field of bytes)."""
 
     py: str
     js: list[_Piece]
     nums: list[tuple[str, str]]
     members: list[tuple[str, _Code]] | None = None  # structs/unions: spliced when anonymous
+    fields: list[_FieldCode] = _default(default_factory=list)
 
 
 class _Compiler:
@@ -461,6 +498,9 @@ class _Compiler:
         self.order = btf._order
         self.leaves: list[tuple[int, int, str]] = []  # (offset, size, struct code)
         self._leaf_names: dict[tuple[int, int, str], str] = {}
+        # leaves only Plan.field_values reads (a union's bytes): kept out of the other
+        # functions' struct formats, where they would add a layer
+        self.field_leaves: list[tuple[int, int, str]] = []
 
     def leaf(self, offset: int, size: int, code: str) -> str:
         key = (offset, size, code)
@@ -469,6 +509,13 @@ class _Compiler:
             name = self._leaf_names[key] = f"{self.prefix}v{len(self.leaves)}"
             self.leaves.append(key)
         return name
+
+    def field_leaf(self, offset: int, size: int) -> str:
+        key = (offset, size, f"{size}s")
+        if key in self._leaf_names:
+            return self._leaf_names[key]
+        self.field_leaves.append(key)
+        return f"{self.prefix}f{len(self.field_leaves) - 1}"
 
     def const(self, value: Any) -> str:
         name = f"_{self.prefix}c{len(self.ns)}"
@@ -483,17 +530,21 @@ class _Compiler:
         if kind == KIND_INT:
             return self.integer(t, off)
         if kind in (KIND_ENUM, KIND_ENUM64):
-            return self.enum(t, self.raw_int(off, t.size, t.kind_flag))
+            return self.enum(t, self.raw_int(off, t.size, t.kind_flag), off, t.size)
         if kind == KIND_PTR:
             v = self.leaf(off, 8, "Q")
-            return _Code(v, [("%d", v)], [])
+            return _Code(v, [("%d", v)], [], fields=[(Field("", off, 8, "pointer"), v)])
         if kind == KIND_FLOAT:
             code = _FLOAT_CODES.get(t.size)
             if code is None:  # long double: no Python type, keep the bytes
                 v = self.leaf(off, t.size, f"{t.size}s")
-                return _Code(f"'0x' + {v}.hex()", ['"0x', ("%s", f"{v}.hex()"), '"'], [])
+                f = Field("", off, t.size, "bytes")
+                return _Code(
+                    f"'0x' + {v}.hex()", ['"0x', ("%s", f"{v}.hex()"), '"'], [], fields=[(f, v)]
+                )
             v = self.leaf(off, t.size, code)
-            return _Code(v, [("%s", f"_json_float({v})")], [("", v)])
+            f = Field("", off, t.size, "float", True)
+            return _Code(v, [("%s", f"_json_float({v})")], [("", v)], fields=[(f, v)])
         if kind == KIND_ARRAY:
             return self.array(t, off, depth)
         if kind in (KIND_STRUCT, KIND_UNION):
@@ -526,8 +577,15 @@ class _Compiler:
             v = self.raw_int(off, t.size, signed)
         if t.encoding & INT_BOOL:
             v = v if is_bool else f"({v} != 0)"
-            return _Code(v, [("%s", f"('true' if {v} else 'false')")], [("", f"int({v})")])
-        return _Code(v, [("%d", v)], [("", v)])
+            f = Field("", off, t.size, "bool")
+            return _Code(
+                v,
+                [("%s", f"('true' if {v} else 'false')")],
+                [("", f"int({v})")],
+                fields=[(f, f"int({v})")],
+            )
+        f = Field("", off, t.size, "int" if signed else "uint", signed)
+        return _Code(v, [("%d", v)], [("", v)], fields=[(f, v)])
 
     @staticmethod
     def bits(raw: str, shift: int, width: int, signed: bool) -> str:
@@ -541,13 +599,16 @@ class _Compiler:
             v = f"(({v} ^ {sign}) - {sign})"
         return v
 
-    def enum(self, t: BtfType, v: str) -> _Code:
+    def enum(self, t: BtfType, v: str, off: int, size: int) -> _Code:
         names: dict[int, str] = {}
         for name, value in t.enumerators:
             names.setdefault(value, name)  # the first name of a value, as the reference
         py = self.const(names)
         js = self.const({value: json.dumps(name) for value, name in names.items()})
-        return _Code(f"{py}.get({v}, {v})", [("%s", f"{js}.get({v}, {v})")], [("", v)])
+        f = Field("", off, size, "enum", t.kind_flag, t.enumerators)
+        return _Code(
+            f"{py}.get({v}, {v})", [("%s", f"{js}.get({v}, {v})")], [("", v)], fields=[(f, v)]
+        )
 
     def array(self, t: BtfType, off: int, depth: int) -> _Code:
         esize = self.btf.size(t.elem_type)
@@ -558,23 +619,33 @@ class _Compiler:
         if char is not None:
             v = self.leaf(off, n, f"{n}s")
             signed = bool(char.encoding & INT_SIGNED)
-            return _Code(f"_char_array({v}, {signed})", [("%s", f"_json_chars({v}, {signed})")], [])
+            return _Code(
+                f"_char_array({v}, {signed})",
+                [("%s", f"_json_chars({v}, {signed})")],
+                [],
+                fields=[(Field("", off, n, "string", signed), v)],
+            )
         elem = Plan(self.btf, t.elem_type, esize)
         if n * max(len(elem.leaves), 1) > _INLINE_LEAVES:
             v = self.leaf(off, n * esize, f"{n * esize}s")
             py, to_json = self.const(elem.decode), self.const(elem.json)
             return _Code(
-                f"{py}({v}, {n})", ["[", ("%s", f"','.join({to_json}({v}, {n}))"), "]"], []
+                f"{py}({v}, {n})",
+                ["[", ("%s", f"','.join({to_json}({v}, {n}))"), "]"],
+                [],
+                fields=[(Field("", off, n * esize, "bytes"), v)],
             )
         items = [self.node(t.elem_type, off + i * esize, depth + 1) for i in range(n)]
         js: list[_Piece] = ["["]
         for i, c in enumerate(items):
             js += ([","] if i else []) + c.js
         nums = [(_dotted(str(i), name), e) for i, c in enumerate(items) for name, e in c.nums]
-        return _Code("[" + ", ".join(c.py for c in items) + "]", js + ["]"], nums)
+        fields = [(_named(str(i), f), e) for i, c in enumerate(items) for f, e in c.fields]
+        return _Code("[" + ", ".join(c.py for c in items) + "]", js + ["]"], nums, fields=fields)
 
     def struct(self, t: BtfType, off: int, depth: int) -> _Code:
         members: dict[str, _Code] = {}
+        fields: list[_FieldCode] = []
         for m in t.members:
             if m.bitfield_size:
                 code = self.bitfield(m, off)
@@ -586,9 +657,17 @@ class _Compiler:
                 code = self.node(m.type_id, off + m.bit_offset // 8, depth + 1)
             if not m.name and code.members is not None:
                 members.update(code.members)  # anonymous struct/union: its members are ours
+                fields += [(_named(m.name, f), e) for f, e in code.fields]
             else:
                 members[m.name] = code
-        return _record(list(members.items()))
+                fields += [(_named(m.name, f), e) for f, e in code.fields]
+        record = _record(list(members.items()))
+        if t.kind == KIND_UNION:  # one field of bytes: no member is the value
+            union = Field("", off, t.size, "union")
+            record.fields = [(union, self.field_leaf(off, t.size))] if t.size else []
+        else:
+            record.fields = fields
+        return record
 
     def bitfield(self, m: Member, off: int) -> _Code:
         t = self.btf.resolve(m.type_id)
@@ -606,8 +685,9 @@ class _Compiler:
         signed = bool(t.encoding & INT_SIGNED) if t.kind == KIND_INT else t.kind_flag
         v = self.bits(raw, m.bit_offset % 8, m.bitfield_size, signed)
         if t.kind == KIND_INT:
-            return _Code(v, [("%d", v)], [("", v)])
-        return self.enum(t, v)
+            f = Field("", off + first, unit or span, "int" if signed else "uint", signed)
+            return _Code(v, [("%d", v)], [("", v)], fields=[(f, v)])
+        return self.enum(t, v, off + first, unit or span)
 
     def datasec(self, t: BtfType, off: int, depth: int) -> _Code:
         # Python: {variable: value}; JSON as bpftool nests it: {".bss": [{"var": value}, ...]}
@@ -619,11 +699,15 @@ class _Compiler:
         js: list[_Piece] = ["{" + json.dumps(t.name) + ":["]
         for i, (name, c) in enumerate(variables):
             js += ([","] if i else []) + ["{" + json.dumps(name) + ":"] + c.js + ["}"]
-        return _Code(flat.py, js + ["]}"], flat.nums, flat.members)
+        return _Code(flat.py, js + ["]}"], flat.nums, flat.members, flat.fields)
 
 
 def _dotted(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if name else prefix
+
+
+def _named(prefix: str, f: Field) -> Field:
+    return replace(f, name=_dotted(prefix, f.name)) if prefix else f
 
 
 def _record(members: list[tuple[str, _Code]]) -> _Code:
@@ -632,7 +716,8 @@ def _record(members: list[tuple[str, _Code]]) -> _Code:
     for i, (name, c) in enumerate(members):
         js += [("," if i else "") + json.dumps(name) + ":"] + c.js
     nums = [(_dotted(name, sub), e) for name, c in members for sub, e in c.nums]
-    return _Code(py, js + ["}"], nums, members)
+    fields = [(_named(name, f), e) for name, c in members for f, e in c.fields]
+    return _Code(py, js + ["}"], nums, members, fields)
 
 
 def _format(pieces: list[_Piece]) -> tuple[str, list[str]]:
@@ -673,6 +758,11 @@ class Plan:
     section; NaN/inf floats as strings), ``numbers(buf, count)`` a tuple per element of its
     numeric fields, named by ``number_names`` (dotted paths; enums as their ints; char arrays
     and pointers are not numbers). ``buf`` holds at least ``count * stride`` bytes.
+
+    ``fields`` lists the type's scalars as a consumer that labels or exports them wants them
+    (a union as one field of bytes, not its overlapping members); ``field_values(buf, count)``
+    gives each element's tuple of them (ints, floats, bytes), ``field_columns(buf, count)``
+    one list per field (plain aligned ints read straight from the buffer).
     """
 
     def __init__(self, btf: Btf, type_id: int, stride: int, prefix: str = "") -> None:
@@ -693,8 +783,15 @@ class Plan:
         code = comp.node(type_id, 0, 0)
         self.leaves = comp.leaves
         self.number_names = tuple(name or "value" for name, _e in code.nums)
+        self.fields = tuple(f for f, _e in code.fields)
         self.buf = f"{prefix}buf"
-        self.iterate, self.target = self._iteration(btf._order)
+        self.iterate, self.target = self._iteration(
+            btf._order, self.leaves, [f"{prefix}v{i}" for i in range(len(self.leaves))], "unpack"
+        )
+        self._field_code = (code.fields, comp.field_leaves)
+        self._field_values: Callable[[Any, int], list[tuple[Any, ...]]] | None = None
+        self._field_rows: Any = None
+        self._columns = [self._column(f, e) for f, e in code.fields]
         self.json_format, self.json_args = _format(code.js)
         fmt_name = f"_{prefix}json_format"
         self.ns[fmt_name] = self.json_format
@@ -710,23 +807,83 @@ class Plan:
         self.json: Callable[[Any, int], list[str]] = self.ns["json"]
         self.numbers: Callable[[Any, int], list[tuple[int | float, ...]]] = self.ns["numbers"]
 
-    def _iteration(self, order: str) -> tuple[str, str]:
+    def field_values(self, buf: Any, count: int) -> list[tuple[Any, ...]]:
+        """Each element's ``fields`` as one tuple: numbers (enums and bools as ints), raw
+        bytes for strings, unions and byte runs, ints for pointers."""
+        if self._field_values is None:
+            fields, extra = self._field_code
+            leaves = self.leaves + extra
+            names = [f"{self.prefix}v{i}" for i in range(len(self.leaves))]
+            names += [f"{self.prefix}f{i}" for i in range(len(extra))]
+            iterate, target = self._iteration(self.btf._order, leaves, names, "funpack")
+            values = "(" + "".join(f"{e}, " for _f, e in fields) + ")"
+            if values == target:  # the unpacked tuples are the fields: no step per element
+                rows, each = iterate, f"list({iterate})"
+            else:
+                each = f"[{values} for {target} in {iterate}]"
+                rows = each
+            src = (
+                f"def field_values({self.buf}, count):\n    return {each}\n"
+                f"def field_rows({self.buf}, count):\n    return {rows}\n"
+            )
+            exec(compile(src, "<BTF plan: fields>", "exec"), self.ns)  # noqa: S102
+            self._field_values = self.ns["field_values"]
+            self._field_rows = self.ns["field_rows"]
+        return self._field_values(buf, count)
+
+    def field_rows(self, buf: Any, count: int) -> Iterable[tuple[Any, ...]]:
+        """``field_values`` as an iterable, read lazily where the unpacked tuples are the
+        fields themselves (plain ints and floats): ``buf`` must not change meanwhile."""
+        if self._field_values is None:
+            self.field_values(buf, 0)
+        return self._field_rows(buf, count)  # type: ignore[no-any-return]
+
+    def field_columns(self, buf: Any, count: int) -> list[list[Any]]:
+        """``field_values`` by column: one list per field, of ``count`` values. A plain int
+        or float aligned in the element is read straight from the buffer (no tuple per row)."""
+        view = _flat(buf)[: count * self.stride]
+        rows: list[Any] | None = None
+        out: list[list[Any]] = []
+        for i, (code, start, step) in enumerate(self._columns):
+            if code:
+                out.append(view.cast(code)[start::step].tolist())  # type: ignore[call-overload]
+                continue
+            if rows is None:
+                rows = list(zip(*self.field_values(buf, count))) or [()] * len(self._columns)
+            out.append(list(rows[i]))
+        return out
+
+    def _column(self, f: Field, expr: str) -> tuple[str, int, int]:
+        """(memoryview format, first item, step) reading field ``f`` straight from the
+        buffer, or ('', 0, 0) when its value needs the generated code."""
+        if self.btf._order != ("<" if sys.byteorder == "little" else ">"):
+            return "", 0, 0
+        try:
+            off, size, code = self.leaves[int(expr.removeprefix(f"{self.prefix}v"))]
+        except ValueError:
+            return "", 0, 0  # an expression over a leaf (a bitfield, a bool), or a field leaf
+        if code not in _COLUMN_CODES or off % size or self.stride % size:
+            return "", 0, 0
+        return code, off // size, self.stride // size
+
+    def _iteration(
+        self, order: str, leaves: list[tuple[int, int, str]], names: list[str], what: str
+    ) -> tuple[str, str]:
         """The comprehension's iterable and target: one iter_unpack per layer, zipped."""
         if self.stride == 0:
             return "_repeat((), count)", "_"
         iters, targets = [], []
-        for n, layer in enumerate(_layers(self.leaves) or [[]]):
+        for n, layer in enumerate(_layers(leaves) or [[]]):
             fmt, pos = order, 0
             for i in layer:
-                off, size, code = self.leaves[i]
+                off, size, code = leaves[i]
                 fmt += (f"{off - pos}x" if off > pos else "") + code
                 pos = off + size
             fmt += f"{self.stride - pos}x" if self.stride > pos else ""
-            unpack = f"_{self.prefix}unpack{n}"
+            unpack = f"_{self.prefix}{what}{n}"
             self.ns[unpack] = struct.Struct(fmt).iter_unpack
             iters.append(f"{unpack}({self.buf}[:count * {self.stride}])")
-            names = [f"{self.prefix}v{i}" for i in layer]
-            targets.append("(" + "".join(f"{v}, " for v in names) + ")")
+            targets.append("(" + "".join(f"{names[i]}, " for i in layer) + ")")
         if len(iters) == 1:
             return iters[0], targets[0]
         return f"_zip({', '.join(iters)})", "(" + ", ".join(targets) + ")"
@@ -1051,9 +1208,11 @@ def _flat(buf: Any) -> memoryview:
 
 
 __all__ = [
+    "NUMERIC_KINDS",
     "Btf",
     "BtfError",
     "BtfType",
+    "Field",
     "MapDecoder",
     "Member",
     "Plan",

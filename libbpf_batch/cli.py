@@ -37,6 +37,7 @@ from ._output import (
 )
 from ._watch import Reader, write_json, write_view
 from .batch import Batch, put_back
+from .double_buffer import DoubleBufferedMap, is_double_buffered
 from .errors import BpfError
 from .maps import KEYLESS_TYPES, UNDELETABLE_TYPES, Map, MapInfo, map_ids
 
@@ -390,17 +391,24 @@ def cmd_watch(args: argparse.Namespace) -> int:
     iterations = 1 if args.once else args.count
     out = sys.stdout
     clear = out.isatty() and not args.once and args.format == "table"
-    with _map_from_args(args) as m, _sigterm_unwinds(args.drain):
+    with _map_from_args(args) as m, _sigterm_unwinds(args.drain), contextlib.ExitStack() as stack:
         _require_keys(m, "watch")
-        if args.drain and m.type in UNDELETABLE_TYPES:
+        # the outer map of a double buffer: drained exactly by swapping (harvest), read and
+        # formatted as its inner maps (both have the inner map's spec and BTF)
+        dbuf = None
+        if args.drain and is_double_buffered(m):
+            dbuf = stack.enter_context(DoubleBufferedMap(m))
+        elif args.drain and m.type in UNDELETABLE_TYPES:
             raise CliError(
                 f"watch --drain: map {m.name!r} (id {m.id}) is "
                 f"{_article(m.info.type_name)}: its elements can't be deleted"
             )
-        f = _formatter(m, args)
+        inner = dbuf.current if dbuf is not None else m
+        f = _formatter(inner, args)
         reader = Reader(
-            m,
+            inner,
             f,
+            harvest=dbuf.harvest if dbuf is not None else None,
             drain=args.drain,
             batch_size=args.batch_size,
             sort=args.sort,
@@ -430,7 +438,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 time.sleep(max(0.0, args.interval - (time.monotonic() - now)))
         except (KeyboardInterrupt, _Terminated) as e:
             if taken:
-                returned = sum(put_back(m.access, b) for b in taken)
+                # a harvest's go back into the inner map in the slot: it outlives the command
+                back = dbuf.current.access if dbuf is not None else m.access
+                returned = sum(put_back(back, b) for b in taken)
                 _fail(f"watch: {returned} drained entries not shown were returned to the map")
             return 0 if isinstance(e, KeyboardInterrupt) else 128 + signal.SIGTERM
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import re
 import struct
 import subprocess
@@ -221,6 +222,33 @@ def test_harvest_yields_what_the_slot_held_and_alternates_two_maps(
         assert collect(db.harvest()) == third
         assert slot_id(outer) == spare_id
         assert db.swaps == 3 and db.last_swap_seconds is not None
+
+
+def test_watch_drain_harvests_a_double_buffered_map_by_swapping(
+    program: BpfObject, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def watch_once() -> dict[str, Any]:
+        argv = ["watch", "id", str(outer.id), "--drain", "--once", "--format", "json"]
+        assert main(argv) == 0
+        return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+    key = struct.pack("<II", 7, 39)
+    with program.map("db_syscalls") as outer:
+        first = Map.from_id(slot_id(outer))
+        with first:
+            first.update(key, u64(5))
+            shown = watch_once()
+            assert (shown["map"]["id"], shown["entries"]) == (outer.id, 1)
+            # the inner map's BTF formats it: its fields, not the outer map's map ids
+            assert [(r["key_text"], r["fields"]) for r in shown["top"]] == [
+                ('{"pid":7,"nr":39}', {"count": 5})
+            ]
+            assert slot_id(outer) != first.id  # swapped: programs now write the spare
+            assert list(first.keys()) == []  # and what was swapped out was drained
+        with Map.from_id(slot_id(outer)) as second:
+            second.update(key, u64(2))
+            assert [r["fields"] for r in watch_once()["top"]] == [{"count": 2}]
+            assert list(second.keys()) == []
 
 
 def test_harvest_passes_drain_arguments_through(

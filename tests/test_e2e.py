@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from bpf import fixtures
 from bpf.workload import GETPPID_NR, GetppidChild, udp_traffic
-from conftest import reaped, require_module, skip_or_fail
+from conftest import reaped, skip_or_fail
 
 from libbpf_batch import BpfNotFoundError, MapType
 from libbpf_batch.objects import BpfObject
@@ -212,7 +212,6 @@ def test_harvest_example_prints_rates(bpf: None, counters_object: Path) -> None:
 
 
 def test_export_example_serves_syscall_counts(bpf: None, counters_object: Path) -> None:
-    require_module("prometheus_client")
     import re
     import urllib.request
 

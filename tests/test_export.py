@@ -51,6 +51,9 @@ struct arr_value { __s64 delta; __u64 hits; };
 struct odd_value { enum state state; __u32 n; union { __u32 a; __u16 b; } u; void *ptr; };
 struct flow_key { __u32 pid; __u16 port; __u8 proto; };
 struct name_key { char name[8]; };
+struct odd_key { enum state state; __u32 n; void *ptr; union { __u32 a; __u16 b; } u; };
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 64);
+         __type(key, struct odd_key); __type(value, __u64); } oddkey SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 64);
          __type(key, __u32); __type(value, struct coll_value); } coll SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 2);
@@ -374,6 +377,24 @@ def test_enum_fields_export_their_value_unions_and_pointers_do_not(typed: BpfObj
         with exporter(m, spec("gauge", "odd")) as ex:
             body = scrape(ex)
     assert samples(body, "odd") == {'odd_state{key="1"}': "3", 'odd_n{key="1"}': "4"}
+
+
+def test_key_labels_by_kind_enum_names_pointers_and_unions_in_hex(typed: BpfObject) -> None:
+    with typed.map("oddkey") as m:
+        m.update(struct.pack("<IIQIxxxx", 3, 4, 0xFFFF0000, 5), struct.pack("<Q", 6))
+        m.update(struct.pack("<IIQIxxxx", 7, 8, 0, 0x10203), struct.pack("<Q", 9))
+        with exporter(m, spec("gauge", "k")) as ex:
+            assert ex.loaded.metrics[0].fast  # labels that tell keys apart: no aggregation
+            body = scrape(ex)
+        with exporter(m, spec("gauge", "k", drain=True)) as ex:  # the aggregating path
+            assert not ex.loaded.metrics[0].fast
+            drained = scrape(ex)
+    expected = {
+        'k{n="4",ptr="0xffff0000",state="BUSY",u="05000000"}': "6",
+        'k{n="8",ptr="0x0",state="7",u="03020100"}': "9",  # 7: no enumerator
+    }
+    assert samples(body, "k{") == samples(drained, "k{") == expected
+    promtool_clean(body)
 
 
 def test_percpu_values_summed_or_split_by_cpu(typed: BpfObject) -> None:

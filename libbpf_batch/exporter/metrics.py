@@ -21,12 +21,18 @@ from . import text
 from .config import ConfigError, MetricSpec, sanitize
 from .decoders import DecodeError, DecoderSet, KeyDecoder, SkipRow
 from .histogram import bucket_bound, bucket_keys
-from .rows import label_text, line_writer, read_rows
+from .rows import INT_KINDS, label_text, label_writer, read_rows, sample_lines, value_column
 
 log = logging.getLogger("libbpf_batch.exporter")
 
-CHUNK_ROWS = 8192  # rows formatted per text chunk
-_INT_KINDS = ("uint", "int")  # what f"{v}" writes as Prometheus reads it
+_MISS = object()
+CHUNK_ROWS = 8192
+# Label text kept from the first family for the others: about 40 bytes a row, up to this
+# (1,000,000 rows of a 3-field key); past it, later families make their label text again.
+KEEP_LABEL_BYTES = 64 << 20  # rows formatted per text chunk
+# key fields whose text tells every value apart: distinct keys, distinct label sets (a char
+# array's text ends at its NUL, so two keys may share one: those rows are added up)
+_DISTINCT_KINDS = INT_KINDS | {"enum", "pointer", "union", "bytes"}
 
 try:  # double-buffered maps (issue 11), where that module is installed
     from ..double_buffer import DoubleBufferedMap, is_double_buffered
@@ -116,15 +122,17 @@ class MapMetric:
         self.fast = (
             self.key_decoder is None
             and key_btf
-            and self.keys.st is not None
-            and all(x.kind in _INT_KINDS for x in self.keys.leaves)
-            and self.values.st is not None
-            and all(self.values.leaves[f.column].kind in _INT_KINDS for f in self.families)
+            and all(x.kind in _DISTINCT_KINDS for x in self.keys.fields)
             and not m.is_percpu
             and not spec.drain
             and spec.kind != "histogram"
         )
         self.totals: dict[tuple[str, ...], list[Any]] = {}  # drain: what earlier scrapes read
+        self._labels_of_key: dict[bytes, Any] = {}
+        # The raw snapshot, kept from scrape to scrape and overwritten in place: a map's size
+        # changes little, and buffers made anew at every scrape (in the server's thread of the
+        # moment) leave the heap fragmented, so the resident size grew scrape after scrape.
+        self._snapshot = (bytearray(), bytearray())
         self.hist_totals: dict[tuple[str, ...], dict[float, int]] = {}
         # self-metrics
         self.duration = 0.0
@@ -144,18 +152,16 @@ class MapMetric:
 
     def _families(self, prefix: str) -> list[Family]:
         spec = self.spec
-        numeric = [
-            (i, x)
-            for i, x in enumerate(self.values.leaves)
-            if x.numeric or x.kind in ("bitfield", "format")
-        ]
+        numeric = [(i, x) for i, x in enumerate(self.values.fields) if x.numeric]
         if spec.values is not None:
-            by_name = {x.name: (i, x) for i, x in numeric}
+            # a nested field by its dotted path ('stats.bytes') or its metric name (stats_bytes)
+            by_name = {sanitize(x.name): (i, x) for i, x in numeric}
+            by_name.update({x.name: (i, x) for i, x in numeric})
             missing = [v for v in spec.values if v not in by_name]
             if missing:
                 raise ConfigError(
                     f"{self.where}: values: no numeric field {missing[0]!r} in the map's value "
-                    f"(numeric fields: {', '.join(by_name) or 'none'})"
+                    f"(numeric fields: {', '.join(x.name for _, x in numeric) or 'none'})"
                 )
             numeric = [by_name[v] for v in spec.values]
         if not numeric:
@@ -188,7 +194,14 @@ class MapMetric:
 
     # -- a scrape ----------------------------------------------------------------------
     def _read(self) -> tuple[Any, Any, int] | None:
-        keys, values, n = bytearray(), bytearray(), 0
+        keys, values = self._snapshot
+        try:  # resizable: no view of an earlier scrape is alive (one could be, in a traceback)
+            for buf in (keys, values):
+                buf.append(0)
+                buf.pop()
+        except BufferError:
+            keys, values = self._snapshot = (bytearray(), bytearray())
+        kpos = vpos = n = 0
         m = self.map
         if self.dbuf is not None and self.spec.drain:
             batches: Any = self.dbuf.harvest(self.batch_size, copy=False)  # swap, then drain
@@ -200,15 +213,18 @@ class MapMetric:
             batches = m.batches(self.batch_size, copy=False)
         try:
             for b in batches:
-                keys += b.keys
-                values += b.values
-                n += b.count
+                klen, vlen = len(b.keys), len(b.values)
+                keys[kpos : kpos + klen] = b.keys  # in place; grows past the end
+                values[vpos : vpos + vlen] = b.values
+                kpos, vpos, n = kpos + klen, vpos + vlen, n + b.count
         except BpfError as e:
             self.read_errors += 1
             log.error("%s: reading map %r: %s", self.where, self.map_name, e)
             if not self.spec.drain:
                 return None  # never a silent partial read; drained elements are kept
-        return memoryview(keys), memoryview(values), n
+        if len(keys) > 2 * kpos + (1 << 20):  # the map shrank: give the room back
+            del keys[kpos:], values[vpos:]
+        return memoryview(keys)[:kpos], memoryview(values)[:vpos], n
 
     def collect(self, om: bool) -> Iterator[str]:
         """The metric's families as exposition text, in chunks."""
@@ -230,26 +246,31 @@ class MapMetric:
             self.duration = time.perf_counter() - start
 
     def _fast(self, keys: Any, values: Any, n: int, om: bool) -> Iterator[str]:
-        """Integer BTF keys and values: a compiled line writer per family, a chunk at a time."""
-        kst, vst = self.keys.st, self.values.st
-        assert kst is not None and vst is not None
-        ks, vs = kst.size, vst.size
-        for fam in self.families:
+        """Keys whose labels tell them apart, values not per-CPU: text made a chunk of rows
+        at a time, one family after the other. A row's label text is made once: families
+        after the first reuse it (kept joined, one string per chunk, while the scrape runs);
+        value columns are read straight from the buffer and turned into text in one pass."""
+        ks, vs = self.keys.size, self.values.size
+        labels_of = label_writer(self.keys.fields, self.label_names, self.order)
+        kept: list[str | None] = []  # each chunk's label texts, for the families after the first
+        room = KEEP_LABEL_BYTES if len(self.families) > 1 else 0
+        for k, fam in enumerate(self.families):
             yield text.header(fam.name, fam.kind, fam.help, om)
-            lines = line_writer(
-                text.sample_name(fam.name, fam.kind),
-                self.label_names,
-                self.order,
-                len(self.keys.leaves),
-                len(self.values.leaves),
-                fam.column,
-            )
-            for lo in range(0, n, CHUNK_ROWS):
+            sample = text.sample_name(fam.name, fam.kind)
+            field = self.values.fields[fam.column]
+            for c, lo in enumerate(range(0, n, CHUNK_ROWS)):
                 hi = min(n, lo + CHUNK_ROWS)
-                yield lines(
-                    kst.iter_unpack(keys[lo * ks : hi * ks]),
-                    vst.iter_unpack(values[lo * vs : hi * vs]),
-                )
+                joined = kept[c] if k else None
+                if joined is None:
+                    labels = labels_of(self.keys.iter_rows(keys[lo * ks : hi * ks], hi - lo))
+                    if k == 0:
+                        joined = "\n".join(labels) if room > 0 else None  # no raw newline in
+                        room -= len(joined) if joined is not None else 0  # label text
+                        kept.append(joined)
+                else:
+                    labels = joined.split("\n")
+                vcol = self.values.columns(values[lo * vs : hi * vs], hi - lo)[fam.column]
+                yield sample_lines(sample, labels, value_column(field, vcol))
 
     def _decoded(self, keys: Any, values: Any, n: int) -> Iterator[tuple[Any, list[Any]]]:
         """(label values, the value tuple of each CPU) per row, decoded a chunk at a time.
@@ -257,8 +278,13 @@ class MapMetric:
         A row whose key a decoder can't read is counted in decode_errors and left out; rows a
         regexp decoder rejects are left out silently.
         """
-        ncpus, ksz, key_leaves = self.ncpus, self.keys.size, self.keys.leaves
+        ncpus, ksz, key_fields = self.ncpus, self.keys.size, self.keys.fields
         decode = self.key_decoder
+        # a key's labels, made once per distinct key while it stays in the map (histogram
+        # keys and long-lived flows repeat at every scrape); None: a regexp left it out
+        known = self._labels_of_key
+        if len(known) > 2 * n + 1024:  # keys gone since: start over
+            known.clear()
         for lo in range(0, n, CHUNK_ROWS):
             hi = min(n, lo + CHUNK_ROWS)
             kbuf = keys[lo * ksz : hi * ksz]
@@ -268,11 +294,19 @@ class MapMetric:
             else:
                 krows = [bytes(kbuf[i * ksz : (i + 1) * ksz]) for i in range(hi - lo)]
             for r, krow in enumerate(krows):
+                labels: Any
                 try:
                     if decode is None:
-                        labels = tuple([label_text(x, v) for x, v in zip(key_leaves, krow)])
+                        labels = tuple([label_text(x, v) for x, v in zip(key_fields, krow)])
                     else:
-                        labels = decode(krow)
+                        labels = known.get(krow, _MISS)
+                        if labels is _MISS:
+                            try:
+                                labels = known[krow] = decode(krow)
+                            except SkipRow:
+                                labels = known[krow] = None
+                        if labels is None:
+                            continue
                 except SkipRow:
                     continue
                 except (DecodeError, ValueError, TypeError) as e:
@@ -304,10 +338,14 @@ class MapMetric:
         """Label values (without the bucket) to {bucket key: count}, CPUs summed or split."""
         series: dict[tuple[str, ...], dict[float, Any]] = {}
         col = self.families[0].column
+        buckets: dict[str, float] = {}
         for labels, per_cpu in self._decoded(keys, values, n):
             try:
-                bucket = float(labels[-1])
-                counts = [_num(v[col]) for v in per_cpu]
+                text_ = labels[-1]
+                bucket = buckets.get(text_)
+                if bucket is None:
+                    bucket = buckets[text_] = float(text_)
+                counts = [v[col] for v in per_cpu]  # numeric fields: ints or floats
             except ValueError:
                 self.decode_errors += 1
                 continue
