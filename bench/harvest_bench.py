@@ -213,11 +213,29 @@ def run(
     entries: int = 1_000_000, repeat: int = 3, swaps: int = 20, calls: int = 5_000_000
 ) -> dict[str, Any]:
     """Every measurement above, as one JSON-able dict."""
-    return {
+    report = {
         "swap": measure_swaps(swaps),
         "harvest": measure_harvest(entries, repeat),
         "loss": measure_loss(calls) if calls else {"skipped": "--calls 0"},
     }
+    report["summary"] = _summary(report)  # what `python -m bench` prints
+    return report
+
+
+def _summary(r: dict[str, Any]) -> list[str]:
+    s, h, loss = r["swap"], r["harvest"], r["loss"]
+    lines = [
+        f"swap (idle): median {s['median_ms']} ms ({s['min_ms']}-{s['max_ms']}), {s['n']} swaps",
+        f"harvest of {h['entries']:,} entries: {h['harvest_median_s']} s, drain of the same "
+        f"{h['drain_median_s']} s ({h['harvest_vs_drain']}x; the swap is {h['swap_share']:.1%})",
+    ]
+    if "skipped" not in loss:
+        db, plain = loss["double_buffered"], loss["plain_drain"]
+        lines.append(
+            f"{loss['calls']:,} in-place increments: double-buffered lost {db['lost']} "
+            f"({db['swaps']} swaps), plain drain lost {plain['lost']} ({plain['drains']} drains)"
+        )
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:

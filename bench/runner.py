@@ -31,7 +31,14 @@ def load_section(name: str) -> ModuleType | None:
 
 
 # What a section's keyword parameters get under --quick: a few seconds in all.
-QUICK_KWARGS = {"entries": 20_000, "repeat": 1, "swaps": 3, "calls": 200_000}
+QUICK_KWARGS = {
+    "entries": 20_000,
+    "repeat": 1,
+    "reps": 1,
+    "scrapes": 1,
+    "swaps": 3,
+    "calls": 200_000,
+}
 
 
 def run_section(module: ModuleType, args: argparse.Namespace) -> dict[str, Any]:
