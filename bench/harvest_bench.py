@@ -226,8 +226,10 @@ def _summary(r: dict[str, Any]) -> list[str]:
     s, h, loss = r["swap"], r["harvest"], r["loss"]
     lines = [
         f"swap (idle): median {s['median_ms']} ms ({s['min_ms']}-{s['max_ms']}), {s['n']} swaps",
-        f"harvest of {h['entries']:,} entries: {h['harvest_median_s']} s, drain of the same "
-        f"{h['drain_median_s']} s ({h['harvest_vs_drain']}x; the swap is {h['swap_share']:.1%})",
+        (
+            f"harvest of {h['entries']:,} entries: {h['harvest_median_s']} s, drain of the same "
+            f"{h['drain_median_s']} s ({h['harvest_vs_drain']}x; the swap is {h['swap_share']:.1%})"
+        ),
     ]
     if "skipped" not in loss:
         db, plain = loss["double_buffered"], loss["plain_drain"]

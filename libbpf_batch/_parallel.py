@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._libbpf import ffi
-from .batch import Batch, Hold, MapAccess, _Buffers, _step, per_key_batches, put_back
+from .batch import Batch, Buffers, Hold, MapAccess, per_key_batches, put_back, step
 from .errors import BatchNotSupportedError, BpfError, PutBackError
 
 _PAST_END = 1 << 32  # after every bucket: a batch that ended at ENOENT covered the rest
@@ -58,7 +58,7 @@ def ranged_batches(
     a batch the kernel returned always reaches the caller.
     """
     op = "bpf_map_lookup_and_delete_batch" if delete else "bpf_map_lookup_batch"
-    buf = _Buffers(capacity, access)
+    buf = Buffers(capacity, access)
     cursor = ffi.new("char[]", access.layout.cursor_size)
     ffi.cast("__u32 *", cursor)[0] = start
     count = ffi.new("__u32 *")
@@ -66,7 +66,7 @@ def ranged_batches(
     while True:
         access.fd(op)  # closed since the last batch: stop with a clear error (fd is a dup)
         try:
-            batch = _step(fd, access, delete, cursor, cursor, buf, count, opts, True)
+            batch = step(fd, access, delete, cursor, cursor, buf, count, opts, True)
         except BpfError as e:
             if e.errno != errno.ENOSPC:
                 raise
@@ -77,7 +77,7 @@ def ranged_batches(
                     access.where,
                     f"a bucket holds more than {buf.capacity} elements, the map's max_entries",
                 ) from None
-            buf = _Buffers(min(buf.capacity * 2, limit), access)
+            buf = Buffers(min(buf.capacity * 2, limit), access)
             continue
         after = _PAST_END if batch.done else _bucket(batch.cursor)
         yield batch, first, after

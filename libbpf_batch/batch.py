@@ -343,7 +343,7 @@ def _dtype(np: Any, dtype: Any, size: int, what: str) -> Any:
     return dt
 
 
-class _Buffers:
+class Buffers:
     """Key and value buffers for ``capacity`` elements, allocated once per iterator."""
 
     __slots__ = ("_kview", "_vview", "capacity", "decoder", "errs", "keys", "layout", "values")
@@ -376,13 +376,13 @@ def _lookup_call(delete: bool) -> tuple[str, Callable[..., bool]]:
     return "bpf_map_lookup_batch", _bindings.bpf_map_lookup_batch
 
 
-def _step(
+def step(
     fd: int,
     access: MapAccess,
     delete: bool,
     in_batch: Any,
     cursor: Any,
-    buf: _Buffers,
+    buf: Buffers,
     count: Any,
     opts: Any,
     copy: bool,
@@ -487,7 +487,7 @@ def one_batch(
     elem_flags: int,
     flags: int,
 ) -> Batch:
-    """Up to ``count`` elements from ``cursor`` (None: the start) in one call (see _step).
+    """Up to ``count`` elements from ``cursor`` (None: the start) in one call (see step).
 
     Interrupted after the kernel deleted elements and before returning them, it puts them back.
     """
@@ -516,7 +516,7 @@ def one_batch(
         ffi.memmove(in_batch, c, len(out))
         ffi.memmove(out, c, len(out))  # what Batch.cursor says where the kernel writes nothing
     opts = batch_opts(elem_flags, flags, where)
-    buf = _Buffers(min(count, max(access.max_entries, 1)), access)
+    buf = Buffers(min(count, max(access.max_entries, 1)), access)
     n = ffi.new("__u32 *")
     mode = _put_mode(access.map_type)
     # No Hold: closing it after the call would be one more place to lose the batch, and a
@@ -526,7 +526,7 @@ def one_batch(
     if delete:  # a lookup's cursor stays the one passed in where the kernel writes none
         mark[0] = _NOT_RUN
     try:
-        return _step(fd, access, delete, in_batch, out, buf, n, opts, True)
+        return step(fd, access, delete, in_batch, out, buf, n, opts, True)
     except BpfError:
         raise  # the elements it returned travel with it (its batch)
     except BaseException:
@@ -589,7 +589,7 @@ def _walk(
     h = Hold(access, op) if hold is None else hold
     try:
         fd, mode = h.fd, _put_mode(access.map_type)
-        buf = _Buffers(capacity, access)
+        buf = Buffers(capacity, access)
         # in_batch and out_batch apart, swapped after each call: out_batch's mark must last
         cursors = [ffi.new("char[]", access.layout.cursor_size) for _ in range(2)]
         marks = [ffi.cast("__u32 *", c) for c in cursors]
@@ -605,9 +605,7 @@ def _walk(
             err: BpfError | None = None
             try:
                 try:
-                    batch = _step(
-                        fd, access, delete, in_batch, cursors[out], buf, count, opts, copy
-                    )
+                    batch = step(fd, access, delete, in_batch, cursors[out], buf, count, opts, copy)
                 except BpfError as e:
                     err, batch = e, e.batch  # type: ignore[assignment]
             except BaseException:
@@ -634,7 +632,7 @@ def _walk(
                         access.where,
                         f"a bucket holds more than {buf.capacity} elements, the map's max_entries",
                     ) from None
-                buf = _Buffers(min(buf.capacity * 2, limit), access)
+                buf = Buffers(min(buf.capacity * 2, limit), access)
                 continue
             started = True
             if batch.done:
@@ -674,7 +672,7 @@ def _per_key_walk(
 ) -> Iterator[Batch]:
     layout = access.layout
     ks, vs, mode = layout.key_size, layout.value_stride, _put_mode(access.map_type)
-    buf = _Buffers(batch_size, access)
+    buf = Buffers(batch_size, access)
     key, nxt = ffi.new("char[]", ks), ffi.new("char[]", ks)
     state = ffi.new("int *")  # lbb_per_key_batch's: not started, key is next, walk over
     count = ffi.new("__u32 *")
