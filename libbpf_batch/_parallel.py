@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._libbpf import ffi
-from .batch import Batch, Buffers, Hold, MapAccess, per_key_batches, put_back, step
+from .batch import Batch, Buffers, Hold, MapAccess, grown, per_key_batches, put_back, step
 from .errors import BatchNotSupportedError, BpfError, PutBackError
 
 _PAST_END = 1 << 32  # after every bucket: a batch that ended at ENOENT covered the rest
@@ -70,14 +70,7 @@ def ranged_batches(
         except BpfError as e:
             if e.errno != errno.ENOSPC:
                 raise
-            # hashtab.c: ENOSPC only when nothing was copied; retry bigger from the same bucket
-            limit = max(access.max_entries, 1)
-            if buf.capacity >= limit:
-                raise e.at(
-                    access.where,
-                    f"a bucket holds more than {buf.capacity} elements, the map's max_entries",
-                ) from None
-            buf = Buffers(min(buf.capacity * 2, limit), access)
+            buf = grown(buf, access, e)  # retry bigger from the same bucket
             continue
         after = _PAST_END if batch.done else _bucket(batch.cursor)
         yield batch, first, after

@@ -376,6 +376,22 @@ def _lookup_call(delete: bool) -> tuple[str, Callable[..., bool]]:
     return "bpf_map_lookup_batch", _bindings.bpf_map_lookup_batch
 
 
+def grown(buf: Buffers, access: MapAccess, err: BpfError) -> Buffers:
+    """Buffers twice as big after ENOSPC (one bucket holds more than ``buf``), at most
+    max_entries; at max_entries ``err`` is raised, naming the map.
+
+    hashtab.c returns ENOSPC only when it copied nothing (total == 0), so growing and
+    retrying from the same cursor loses nothing.
+    """
+    limit = max(access.max_entries, 1)
+    if buf.capacity >= limit:
+        raise err.at(
+            access.where,
+            f"a bucket holds more than {buf.capacity} elements, the map's max_entries",
+        ) from None
+    return Buffers(min(buf.capacity * 2, limit), access)
+
+
 def step(
     fd: int,
     access: MapAccess,
@@ -624,15 +640,7 @@ def _walk(
                     return
                 if err.errno != errno.ENOSPC:
                     raise err
-                # hashtab.c returns ENOSPC only when it copied nothing (total == 0), so
-                # growing and retrying from the same cursor loses nothing.
-                limit = max(access.max_entries, 1)
-                if buf.capacity >= limit:
-                    raise err.at(
-                        access.where,
-                        f"a bucket holds more than {buf.capacity} elements, the map's max_entries",
-                    ) from None
-                buf = Buffers(min(buf.capacity * 2, limit), access)
+                buf = grown(buf, access, err)
                 continue
             started = True
             if batch.done:
