@@ -124,9 +124,7 @@ def sanitize(name: str) -> str:
     return out if out and not out[0].isdigit() else f"_{out}"
 
 
-def load_file(
-    path: str | os.PathLike[str], *, drain: bool = False, workers: int = 1
-) -> FileConfig:
+def load_file(path: str | os.PathLike[str], *, drain: bool = False, workers: int = 1) -> FileConfig:
     """Read and check one YAML config file (needs PyYAML, the ``yaml`` extra)."""
     try:
         import yaml
