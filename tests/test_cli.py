@@ -947,3 +947,34 @@ def test_dump_of_an_mmapable_array_reads_what_the_syscalls_read(
     assert _by_key(ours) == _by_key(_bpftool_dump(mapped.id))
     table = ok("dump", "id", mapped.id, "--workers", 2)  # arrays: one walk whatever --workers
     assert table == ok("dump", "id", plain.id)
+
+
+@pytest.mark.parametrize(
+    "command, method",
+    [
+        (["dump"], "batches"),
+        (["drain"], "drain"),
+        (["watch", "--once"], "batches"),
+        (["watch", "--once", "--drain"], "drain"),
+    ],  # fmt: skip
+    ids=["dump", "drain", "watch", "watch-drain"],
+)
+def test_workers_reach_the_walk(
+    hash_map: tuple[Map, dict[bytes, bytes]],
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+    method: str,
+) -> None:
+    """The real walk, watched on its way: --workers N is what Map.batches/drain receive."""
+    m, _ = hash_map
+    seen: list[int] = []
+    real = getattr(Map, method)
+
+    def spy(self: Map, *args: object, **kw: object) -> object:
+        seen.append(kw["workers"])  # type: ignore[arg-type]
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(Map, method, spy)
+    ok(command[0], "id", m.id, *command[1:], "--workers", 3)
+    ok(command[0], "id", m.id, *command[1:])
+    assert seen == [3, 1]
