@@ -956,7 +956,7 @@ def test_dump_of_an_mmapable_array_reads_what_the_syscalls_read(
         (["drain"], "drain"),
         (["watch", "--once"], "batches"),
         (["watch", "--once", "--drain"], "drain"),
-    ],  # fmt: skip
+    ],
     ids=["dump", "drain", "watch", "watch-drain"],
 )
 def test_workers_reach_the_walk(
