@@ -209,7 +209,7 @@ class MapMetric:
             batches = self.dbuf.current.batches(size, copy=False, workers=workers)
         elif self.spec.drain:
             batches = m.drain(size, copy=False, workers=workers)
-        else:  # an mmapable array: read through its mapping
+        else:  # an mmapable array too: Map.batches reads it through its mapping
             batches = m.batches(size, copy=False, workers=workers)
         try:
             for b in batches:
