@@ -36,6 +36,25 @@ def _sortable(v: Any) -> Any:
     return (0, v)
 
 
+def close_walk(batches: Iterator[Batch]) -> None:
+    """Close a walk (generator or parallel) now: a parallel drain puts back, in its supervisor
+    thread, what its workers deleted and nobody received. A signal handler's exception (Ctrl-C,
+    the command's SIGTERM) does not cut that wait short, where the process could exit before
+    the put-back is done: it is raised once the walk is closed."""
+    close = getattr(batches, "close", None)
+    interrupted: BaseException | None = None
+    while close is not None:
+        try:
+            close()
+            break
+        except Exception:
+            raise  # PutBackError and the like: the walk is closed
+        except BaseException as e:  # noqa: BLE001 - raised below, after the wait
+            interrupted = interrupted or e
+    if interrupted is not None:
+        raise interrupted
+
+
 class Reader:
     """One map's reads for watch: the top rows of each, and what the next rates need."""
 
@@ -47,12 +66,14 @@ class Reader:
         harvest: Callable[..., Iterator[Batch]] | None = None,
         drain: bool,
         batch_size: int | None,
+        workers: int = 1,
         sort: str,
         field: str | None,
         top: int,
         rates: bool,
     ) -> None:
         self.m, self.f, self.drain, self.batch_size = m, f, drain, batch_size
+        self.workers = workers  # threads splitting a hash map's buckets (Map.drain)
         self.harvest = harvest  # a double buffer's: swap, then drain what was swapped out
         self.sort, self.top = sort, top
         self.inner_maps = m.type in MAP_OF_MAPS_TYPES  # values are map ids, not quantities
@@ -70,14 +91,24 @@ class Reader:
         A drain appends each batch (a copy: raw bytes, no object per entry) to ``taken`` the
         moment it has it, so that a caller stopped before showing the read can put it back.
         """
-        m, f = self.m, self.f
+        m = self.m
         keep = [] if taken is None else taken
+        size, workers = self.batch_size, self.workers
         if self.harvest is not None:  # copies, as drain's: kept in ``taken`` until shown
-            batches = self.harvest(self.batch_size)
+            batches = self.harvest(size, workers=workers)
         elif self.drain:
-            batches = m.drain(self.batch_size)
+            batches = m.drain(size, workers=workers)
         else:
-            batches = m.batches(self.batch_size, copy=False)
+            batches = m.batches(size, copy=False, workers=workers)
+        try:
+            return self._top(batches, dt, keep)
+        finally:
+            close_walk(batches)  # a parallel drain's undelivered batches go back now
+
+    def _top(
+        self, batches: Iterator[Batch], dt: float | None, keep: list[Batch]
+    ) -> tuple[list[dict[str, Any]], int]:
+        f = self.f
         best: list[tuple[Any, ...]] = []
         prev = self.prev
         entries = 0

@@ -35,7 +35,7 @@ from ._output import (
     Writer,
     numeric_fields,
 )
-from ._watch import Reader, write_json, write_view
+from ._watch import Reader, close_walk, write_json, write_view
 from .batch import Batch, put_back
 from .double_buffer import DoubleBufferedMap, is_double_buffered
 from .errors import BpfError
@@ -43,6 +43,7 @@ from .maps import KEYLESS_TYPES, UNDELETABLE_TYPES, Map, MapInfo, map_ids
 
 SPEC_KINDS = ("id", "pinned", "name")
 DEFAULT_LISTEN = "127.0.0.1:9435"
+MAX_WORKERS = 1 << 16  # Map.drain(workers=) takes up to a u16
 
 
 # -- map specifiers -----------------------------------------------------------------------
@@ -337,7 +338,8 @@ def _dump(args: argparse.Namespace, drain: bool) -> int:
         writer = Writer(args.format, f, sys.stdout, pretty=args.pretty)
         sent = _Sent(sys.stdout)
         progress = Progress("drained" if drain else "read", args.quiet)
-        batches = (m.drain if drain else m.batches)(args.batch_size, copy=False)
+        read = m.drain if drain else m.batches
+        batches = read(args.batch_size, copy=False, workers=args.workers)
         batch: Batch | None = None
         before = 0  # entries written before this batch
         try:
@@ -361,6 +363,8 @@ def _dump(args: argparse.Namespace, drain: bool) -> int:
                 _fail(f"drain: {returned} entries not written were returned to the map")
             raise
         finally:
+            # a parallel drain puts back now what its workers deleted and we never received
+            close_walk(batches)
             progress.done()
     return 0
 
@@ -411,6 +415,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             harvest=dbuf.harvest if dbuf is not None else None,
             drain=args.drain,
             batch_size=args.batch_size,
+            workers=args.workers,
             sort=args.sort,
             field=_check_field(args.field, f),
             top=args.top,
@@ -497,6 +502,29 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def _workers(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n < MAX_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of threads (0: one per CPU), got {text!r}"
+        )
+    return n
+
+
+def _workers_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="threads that split a hash map's buckets (0: one per CPU; default 1); "
+        "entries then come in no defined order",
+    )
+
+
 def _spec_args(parser: argparse.ArgumentParser, optional: bool) -> None:
     nargs = "?" if optional else None
     parser.add_argument(
@@ -552,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="elements per batch call (default: the library's)",
     )
+    _workers_arg(map_arg)
 
     decode = argparse.ArgumentParser(add_help=False)
     decode.add_argument(
@@ -675,6 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"put before --config metric names (default {DEFAULT_PREFIX!r}, as ebpf_exporter)",
     )
     p.add_argument("--batch-size", type=_positive_int, default=None, help="elements per batch call")
+    _workers_arg(p)
     p.add_argument(
         "--max-scrapes",
         type=_positive_int,

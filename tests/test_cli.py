@@ -21,7 +21,7 @@ import pytest
 from bpf import fixtures
 from conftest import COVERED_TYPES, fill, skip_or_fail, type_id
 
-from libbpf_batch import Map, MapType, cli
+from libbpf_batch import Map, MapFlags, MapType, cli
 from libbpf_batch.objects import BpfObject
 
 # the shared BPF fixtures (tests/bpf/fixtures.py), assigned so pytest finds them here
@@ -397,6 +397,11 @@ def test_bad_map_id_is_a_usage_error(args: list[str], message: str) -> None:
         (["watch", "id", "1", "--interval", "nan"], "--interval must be seconds in (0, 86400]"),
         (["watch", "id", "1", "--interval", "1e300"], "--interval must be seconds in (0, 86400]"),
         (["export", "id", "1", "--listen", "nowhere"], "expected HOST:PORT"),
+        (["dump", "id", "1", "--workers", "-1"], "--workers: expected a number of threads"),
+        (["drain", "id", "1", "--workers", "two"], "--workers: expected a number of threads"),
+        (["watch", "id", "1", "--workers", "1.5"], "--workers: expected a number of threads"),
+        (["export", "id", "1", "--workers", "-2"], "--workers: expected a number of threads"),
+        (["dump", "id", "1", "--workers", "65536"], "--workers: expected a number of threads"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         ([], "the following arguments are required: COMMAND"),
     ],
@@ -410,6 +415,11 @@ def test_bad_map_id_is_a_usage_error(args: list[str], message: str) -> None:
         "interval-nan",
         "interval-1e300",
         "bad-listen",
+        "workers-negative",
+        "workers-word",
+        "workers-float",
+        "workers-negative-export",
+        "workers-too-many",
         "bad-command",
         "no-command",
     ],
@@ -847,3 +857,124 @@ def test_dump_json_without_btf_matches_bpftool(
     m, _ = make_filled(map_type, 40)
     ours = json.loads(ok("dump", "id", m.id, "--format", "json", "--batch-size", 7))
     assert len(ours) == 40 and _by_key(ours) == _by_key(_bpftool_dump(m.id))
+
+
+# -- --workers: the parallel walk gives the same entries --------------------------------------
+def _lines(text: str, fmt: str) -> list[str]:
+    """The output's entries as lines, in a fixed order: across workers the order is not
+    defined. json: one entry per line between '[' and ']'."""
+    lines = text.splitlines()
+    if fmt == "json":
+        assert lines[0].startswith("[") and lines[-1].endswith("]")
+        return sorted(json.dumps(e, sort_keys=True) for e in json.loads(text))
+    return sorted(lines)
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "jsonl", "csv"])
+@pytest.mark.parametrize("fixture", ["hash_map", "percpu_map"])
+def test_dump_with_workers_writes_exactly_what_one_worker_writes(
+    fixture: str, fmt: str, request: pytest.FixtureRequest
+) -> None:
+    m, expected = request.getfixturevalue(fixture)
+    args = ["dump", "id", m.id, "--format", fmt, "--batch-size", 3]
+    one = ok(*args, "--workers", 1)
+    for workers in (2, 0):
+        assert _lines(ok(*args, "--workers", workers), fmt) == _lines(one, fmt)
+    if fmt == "jsonl":
+        rows = [json.loads(line) for line in one.splitlines()]
+        assert entries_from_json(rows, m) == expected  # and that is the map
+    if fmt == "table":
+        assert one.splitlines()[-1] == f"Found {len(expected)} elements"
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "csv"])
+@pytest.mark.parametrize("fixture", ["hash_map", "percpu_map"])
+def test_drain_with_workers_writes_exactly_what_one_worker_writes(
+    fixture: str, fmt: str, request: pytest.FixtureRequest
+) -> None:
+    m, expected = request.getfixturevalue(fixture)
+    out = {}
+    for workers in (1, 2):
+        m.update_batch(list(expected), list(expected.values()))
+        out[workers] = ok("drain", "id", m.id, "--format", fmt, "--batch-size", 3,
+                          "--workers", workers)  # fmt: skip
+        assert m.next_key() is None  # every entry drained, once
+    assert _lines(out[2], fmt) == _lines(out[1], fmt)
+    assert len(_lines(out[1], fmt)) == len(expected) * (
+        m.ncpus if fmt == "csv" and m.is_percpu else 1
+    ) + (fmt == "csv")
+
+
+@pytest.mark.parametrize("fixture", ["hash_map", "percpu_map"])
+def test_watch_with_workers_shows_what_one_worker_shows(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
+    m, expected = request.getfixturevalue(fixture)
+
+    def top(*extra: object) -> dict[str, object]:
+        text = ok("watch", "id", m.id, "--once", "--format", "json", "--top", 500,
+                  "--sort", "key", "--batch-size", 3, *extra)  # fmt: skip
+        (snap,) = [json.loads(line) for line in text.splitlines()]
+        del snap["time"]
+        return snap
+
+    one = top("--workers", 1)
+    assert one["entries"] == len(expected) and len(one["top"]) == len(expected)  # type: ignore[arg-type]
+    assert top("--workers", 2) == one
+    drained = {}
+    for workers in (1, 2):
+        m.update_batch(list(expected), list(expected.values()))
+        drained[workers] = top("--drain", "--workers", workers)
+        assert m.next_key() is None
+    assert drained[2] == drained[1] and drained[1]["entries"] == len(expected)
+
+
+def test_dump_of_an_mmapable_array_reads_what_the_syscalls_read(
+    make_map: Callable[..., Map],
+) -> None:
+    """An mmapable ARRAY is dumped through its mapping (Map.batches): the same JSON as
+    bpftool's (bpf_map_get_next_key + lookup) and as this command's for a plain array."""
+    n = 1000
+    mapped = make_map(MapType.ARRAY, 4, 12, n, flags=MapFlags.MMAPABLE)
+    plain = make_map(MapType.ARRAY, 4, 12, n)
+    values = [struct.pack("<QI", i * 1_000_003, n - i) for i in range(n)]
+    for m in (mapped, plain):
+        m.update_batch([struct.pack("<I", i) for i in range(n)], values)
+    assert mapped.is_mmapable and not plain.is_mmapable
+    ours = json.loads(ok("dump", "id", mapped.id, "--format", "json", "--batch-size", 7))
+    assert len(ours) == n and ours == json.loads(ok("dump", "id", plain.id, "--format", "json"))
+    assert [unhex(e["value"]) for e in ours] == values
+    assert _by_key(ours) == _by_key(_bpftool_dump(mapped.id))
+    table = ok("dump", "id", mapped.id, "--workers", 2)  # arrays: one walk whatever --workers
+    assert table == ok("dump", "id", plain.id)
+
+
+@pytest.mark.parametrize(
+    "command, method",
+    [
+        (["dump"], "batches"),
+        (["drain"], "drain"),
+        (["watch", "--once"], "batches"),
+        (["watch", "--once", "--drain"], "drain"),
+    ],
+    ids=["dump", "drain", "watch", "watch-drain"],
+)
+def test_workers_reach_the_walk(
+    hash_map: tuple[Map, dict[bytes, bytes]],
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+    method: str,
+) -> None:
+    """The real walk, watched on its way: --workers N is what Map.batches/drain receive."""
+    m, _ = hash_map
+    seen: list[int] = []
+    real = getattr(Map, method)
+
+    def spy(self: Map, *args: object, **kw: object) -> object:
+        seen.append(kw["workers"])  # type: ignore[arg-type]
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(Map, method, spy)
+    ok(command[0], "id", m.id, *command[1:], "--workers", 3)
+    ok(command[0], "id", m.id, *command[1:])
+    assert seen == [3, 1]

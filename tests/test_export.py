@@ -24,7 +24,7 @@ import pytest
 from bpf.build import Unavailable, compile_program
 from conftest import reaped, require_module, skip_or_fail
 
-from libbpf_batch import Map, MapType, possible_cpus
+from libbpf_batch import Map, MapFlags, MapType, possible_cpus
 from libbpf_batch.cli import _parse_listen
 from libbpf_batch.exporter import decoders as dec
 from libbpf_batch.exporter.config import (
@@ -91,9 +91,13 @@ def spec(kind: str = "gauge", name: str = "t", **kw: Any) -> MetricSpec:
     return MetricSpec(kind=kind, name=name, help=kw.pop("help", ""), map=MapRef("id", 0), **kw)
 
 
-def exporter(m: Map, s: MetricSpec, **options: Any) -> Exporter:
+def exporter(m: Map, s: MetricSpec, batch_size: int | None = None, **options: Any) -> Exporter:
     """An Exporter serving ``s`` over (a dup of) ``m``; close() it."""
-    return Exporter(lambda: load([], dec.DecoderSet(), extra=[(s, Map.from_id(m.id), options)]))
+    return Exporter(
+        lambda: load(
+            [], dec.DecoderSet(), batch_size=batch_size, extra=[(s, Map.from_id(m.id), options)]
+        )
+    )
 
 
 def scrape(ex: Exporter, om: bool = False) -> str:
@@ -185,6 +189,9 @@ def test_ebpf_exporter_biolatency_config_parses_unchanged(tmp_path: Path) -> Non
             "unknown decoder 'rot13'",
         ),
         ({"metrics": {"counters": [{"name": "c", "percpu": "avg"}]}}, "percpu: expected"),
+        ({"metrics": {"counters": [{"name": "c", "workers": -1}]}}, "workers: expected a number"),
+        ({"metrics": {"gauges": [{"name": "g", "workers": "2"}]}}, "workers: expected a number"),
+        ({"metrics": {"gauges": [{"name": "g", "workers": True}]}}, "workers: expected a number"),
     ],
 )
 def test_bad_config_is_one_clear_error(tmp_path: Path, doc: Any, message: str) -> None:
@@ -849,3 +856,83 @@ def test_drain_mode_harvests_a_double_buffered_map_by_swapping(bpf: None, tmp_pa
             with exporter(outer, spec("gauge", "now")) as ex:  # no drain: the inner map as is
                 ex.loaded.metrics[0].dbuf.current.update(key, struct.pack("<Q", 3))
                 assert samples(scrape(ex), "now") == {'now_count{nr="39",pid="7"}': "3"}
+
+
+# -- workers: the parallel walk, per metric or from the command line -------------------------
+def test_workers_key_per_metric_and_the_command_line_default(tmp_path: Path) -> None:
+    doc = {"metrics": {"gauges": [{"name": "a"}, {"name": "b", "workers": 0}]}}
+    assert [x.workers for x in parse(doc, tmp_path / "x.yaml").metrics] == [1, 0]
+    assert [x.workers for x in parse(doc, tmp_path / "x.yaml", workers=4).metrics] == [4, 0]
+
+
+def _sorted_body(body: str) -> list[str]:
+    """Headers in place, each family's samples sorted: across workers the row order is not
+    defined."""
+    out: list[str] = []
+    rows: list[str] = []
+    for line in body.splitlines() + ["#"]:
+        if line.startswith("#"):
+            out += sorted(rows) + [line]
+            rows = []
+        else:
+            rows.append(line)
+    return out[:-1]
+
+
+@pytest.mark.parametrize("drain", [False, True], ids=["read", "drain"])
+@pytest.mark.parametrize("map_type", [MapType.HASH, MapType.PERCPU_HASH], ids=["hash", "percpu"])
+def test_workers_2_export_exactly_what_1_exports(
+    make_map: Callable[..., Map], map_type: MapType, drain: bool
+) -> None:
+    m = make_map(map_type, 4, 8, 4096)
+    n = 3000
+    keys = [u32(i) for i in range(n)]
+    values = [b"".join(struct.pack("<Q", i * 10 + c) for c in range(m.ncpus)) for i in range(n)]
+    kind = "counter" if drain else "gauge"
+    bodies = {}
+    for workers in (1, 2):
+        m.update_batch(keys, values)
+        split = {"percpu": "cpu"} if map_type == MapType.PERCPU_HASH else {}
+        s = spec(kind, "w", drain=drain, workers=workers, **split)
+        with exporter(m, s, key_format="<I", batch_size=5) as ex:
+            bodies[workers] = scrape(ex).split("# HELP libbpf_batch_exporter")[0]
+        assert (len(list(m.keys())) == 0) is drain
+    assert _sorted_body(bodies[2]) == _sorted_body(bodies[1])
+    name = "w_total" if drain else "w"
+    if map_type == MapType.PERCPU_HASH:
+        expected = {
+            f'{name}{{cpu="{c}",key="{i}"}}': str(i * 10 + c)
+            for i in range(n)
+            for c in range(m.ncpus)
+        }
+    else:
+        expected = {f'{name}{{key="{i}"}}': str(i * 10) for i in range(n)}
+    assert samples(bodies[1], name + "{") == expected
+
+
+def test_an_mmapable_array_exports_what_a_plain_array_does(make_map: Callable[..., Map]) -> None:
+    """Read through its mapping (Map.batches), the same series as the syscalls give."""
+    n = 500
+    mapped = make_map(MapType.ARRAY, 4, 8, n, flags=MapFlags.MMAPABLE)
+    plain = make_map(MapType.ARRAY, 4, 8, n)
+    for m in (mapped, plain):
+        m.update_batch([u32(i) for i in range(n)], [struct.pack("<Q", i * i) for i in range(n)])
+    bodies = []
+    for m in (mapped, plain):
+        with exporter(m, spec("gauge", "arr", workers=2), key_format="<I") as ex:
+            bodies.append(samples(scrape(ex), "arr{"))
+    assert bodies[0] == bodies[1] == {f'arr{{key="{i}"}}': str(i * i) for i in range(n)}
+
+
+def test_cli_workers_serve_what_one_worker_serves(make_map: Callable[..., Map]) -> None:
+    m = make_map(MapType.HASH, 4, 8, 1024, name="cli_workers")
+    for i in range(300):
+        m.update(u32(i), struct.pack("<Q", i + 1))
+    got = []
+    for workers in (1, 2):
+        proc, url = start("id", m.id, "--key-format", "<I", "--workers", workers,
+                          "--batch-size", 7, "--max-scrapes", 1)  # fmt: skip
+        with reaped(proc):
+            got.append(samples(get(url), "bpf_map_cli_workers{"))
+            assert proc.wait(timeout=10) == 0
+    assert got[0] == got[1] == {f'bpf_map_cli_workers{{key="{k}"}}': str(k + 1) for k in range(300)}

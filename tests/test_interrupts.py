@@ -404,9 +404,15 @@ def jsonl_keys(lines: list[str]) -> list[bytes]:
     return [bytes(int(b, 16) for b in json.loads(line)["key"]) for line in lines]
 
 
-def test_drain_into_a_pipe_that_closes_puts_back_what_it_could_not_write(make_map: Any) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["workers1", "workers2"])
+def test_drain_into_a_pipe_that_closes_puts_back_what_it_could_not_write(
+    make_map: Any, workers: int
+) -> None:
+    """With workers, the batch being written goes back as it does with one; the batches the
+    workers had queued go back too (the walk is closed before the command exits)."""
     m, expected = hash_filled(make_map, 100_000)
-    proc = command("drain", "id", m.id, "--format", "jsonl", "-q", stdout=subprocess.PIPE)
+    proc = command("drain", "id", m.id, "--format", "jsonl", "-q", "--workers", workers,
+                   stdout=subprocess.PIPE)  # fmt: skip
     with reaped(proc):
         assert proc.stdout is not None and proc.stderr is not None
         read = [proc.stdout.readline() for _ in range(10)]
@@ -421,12 +427,16 @@ def test_drain_into_a_pipe_that_closes_puts_back_what_it_could_not_write(make_ma
     assert all(remaining[k] == v for k, v in expected.items() if k in remaining)
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["workers1", "workers2"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
-def test_a_signal_on_drain_to_a_file_loses_nothing(make_map: Any, tmp_path: Any, sig: int) -> None:
+def test_a_signal_on_drain_to_a_file_loses_nothing(
+    make_map: Any, tmp_path: Any, sig: int, workers: int
+) -> None:
     m, expected = hash_filled(make_map, 300_000)
     out = tmp_path / "drained.jsonl"
     with out.open("w") as f:
-        proc = command("drain", "id", m.id, "--format", "jsonl", "-q", stdout=f)
+        proc = command("drain", "id", m.id, "--format", "jsonl", "-q", "--workers", workers,
+                       stdout=f)  # fmt: skip
         with reaped(proc):
             deadline = time.monotonic() + 30
             while out.stat().st_size == 0 and time.monotonic() < deadline:

@@ -35,7 +35,9 @@ def run(args: argparse.Namespace, open_map: Callable[[], Map], prog: str) -> int
     decoders = DecoderSet()
 
     def build() -> Loaded:
-        files = [load_file(path, drain=args.drain) for path in args.config or ()]
+        files = [
+            load_file(path, drain=args.drain, workers=args.workers) for path in args.config or ()
+        ]
         extra: list[tuple[MetricSpec, Map, dict[str, Any]]] = []
         if args.map_kind is not None:
             m = open_map()
@@ -46,6 +48,7 @@ def run(args: argparse.Namespace, open_map: Callable[[], Map], prog: str) -> int
                 map=MapRef("id", m.id),
                 percpu=args.percpu,
                 drain=args.drain,
+                workers=args.workers,
             )
             options = {
                 "key_format": args.key_format,

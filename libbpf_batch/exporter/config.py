@@ -20,7 +20,8 @@ One file describes one BPF object and the metrics read from its maps, as in ebpf
 The object is ``<file stem>.bpf.o`` beside the file, or ``object: PATH``. Extensions:
 ``gauges:``; per metric ``map:`` (a name in the object, or ``{id: N}``, ``{pinned: PATH}``,
 ``{name: NAME}`` for a map already loaded), ``values:`` (which numeric value fields),
-``percpu: sum|cpu`` and ``drain: true``. Without ``labels`` they come from the key's BTF.
+``percpu: sum|cpu``, ``drain: true`` and ``workers: N`` (threads that split a hash map's
+buckets, 0: one per CPU). Without ``labels`` they come from the key's BTF.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+MAX_WORKERS = 1 << 16  # Map.batches(workers=) takes up to a u16
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 BUCKET_TYPES = ("exp2", "exp2zero", "linear", "fixed")
@@ -89,6 +91,7 @@ class MetricSpec:
     values: tuple[str, ...] | None = None  # None: every numeric value field
     percpu: str = "sum"  # or "cpu": one series per CPU
     drain: bool = False
+    workers: int = 1  # threads reading a hash map (Map.batches/drain workers=)
     bucket_type: str = ""
     bucket_min: int = 0
     bucket_max: int = 0
@@ -121,7 +124,7 @@ def sanitize(name: str) -> str:
     return out if out and not out[0].isdigit() else f"_{out}"
 
 
-def load_file(path: str | os.PathLike[str], *, drain: bool = False) -> FileConfig:
+def load_file(path: str | os.PathLike[str], *, drain: bool = False, workers: int = 1) -> FileConfig:
     """Read and check one YAML config file (needs PyYAML, the ``yaml`` extra)."""
     try:
         import yaml
@@ -134,11 +137,12 @@ def load_file(path: str | os.PathLike[str], *, drain: bool = False) -> FileConfi
         raise ConfigError(f"{p}: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    return parse(raw, p, drain=drain)
+    return parse(raw, p, drain=drain, workers=workers)
 
 
-def parse(raw: Any, path: Path, *, drain: bool = False) -> FileConfig:
-    """Check an already-parsed config document; ``path`` names it in errors."""
+def parse(raw: Any, path: Path, *, drain: bool = False, workers: int = 1) -> FileConfig:
+    """Check an already-parsed config document; ``path`` names it in errors. ``drain`` and
+    ``workers`` are the defaults for metrics that don't say (the command line's)."""
     where = str(path)
     doc = _mapping(raw, where, {"metrics", "object", "kaddrs", "tracing"})
     name = path.name.removesuffix(".yaml").removesuffix(".yml")
@@ -159,7 +163,8 @@ def parse(raw: Any, path: Path, *, drain: bool = False) -> FileConfig:
         if not isinstance(items, list):
             raise ConfigError(f"{where}: metrics.{key}: expected a list")
         for i, item in enumerate(items):
-            metrics.append(_metric(kind, item, f"{where}: metrics.{key}[{i}]", obj, drain))
+            at = f"{where}: metrics.{key}[{i}]"
+            metrics.append(_metric(kind, item, at, obj, drain, workers))
     if not metrics:
         raise ConfigError(f"{where}: no metrics (metrics.counters, .gauges or .histograms)")
     return FileConfig(name, where, obj, tuple(metrics))
@@ -173,13 +178,16 @@ _METRIC_KEYS = {
     "values",
     "percpu",
     "drain",
+    "workers",
     "perf_event_array",
     "flush_interval",
 }
 _HISTOGRAM_KEYS = {"bucket_type", "bucket_min", "bucket_max", "bucket_multiplier", "bucket_keys"}
 
 
-def _metric(kind: str, raw: Any, where: str, obj: str | None, drain: bool) -> MetricSpec:
+def _metric(
+    kind: str, raw: Any, where: str, obj: str | None, drain: bool, workers: int
+) -> MetricSpec:
     allowed = _METRIC_KEYS | (_HISTOGRAM_KEYS if kind == "histogram" else set())
     d = _mapping(raw, where, allowed)
     if d.get("perf_event_array"):
@@ -202,6 +210,11 @@ def _metric(kind: str, raw: Any, where: str, obj: str | None, drain: bool) -> Me
     percpu = d.get("percpu", "sum")
     if percpu not in ("sum", "cpu"):
         raise ConfigError(f"{where}: percpu: expected 'sum' or 'cpu', got {percpu!r}")
+    workers = d.get("workers", workers)
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 0 <= workers < MAX_WORKERS:
+        raise ConfigError(
+            f"{where}: workers: expected a number of threads (0: one per CPU), got {workers!r}"
+        )
     spec = MetricSpec(
         kind=kind,
         name=name,
@@ -211,6 +224,7 @@ def _metric(kind: str, raw: Any, where: str, obj: str | None, drain: bool) -> Me
         values=values,
         percpu=percpu,
         drain=bool(d.get("drain", drain)),
+        workers=workers,
     )
     if kind == "histogram":
         spec = _histogram(spec, d, where)

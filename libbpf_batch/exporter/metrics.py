@@ -202,15 +202,15 @@ class MapMetric:
         except BufferError:
             keys, values = self._snapshot = (bytearray(), bytearray())
         kpos = vpos = n = 0
-        m = self.map
-        if self.dbuf is not None and self.spec.drain:
-            batches: Any = self.dbuf.harvest(self.batch_size, copy=False)  # swap, then drain
+        m, size, workers = self.map, self.batch_size, self.spec.workers
+        if self.dbuf is not None and self.spec.drain:  # swap, then drain
+            batches: Any = self.dbuf.harvest(size, copy=False, workers=workers)
         elif self.dbuf is not None:
-            batches = self.dbuf.current.batches(self.batch_size, copy=False)
+            batches = self.dbuf.current.batches(size, copy=False, workers=workers)
         elif self.spec.drain:
-            batches = m.drain(self.batch_size, copy=False)
-        else:
-            batches = m.batches(self.batch_size, copy=False)
+            batches = m.drain(size, copy=False, workers=workers)
+        else:  # an mmapable array too: Map.batches reads it through its mapping
+            batches = m.batches(size, copy=False, workers=workers)
         try:
             for b in batches:
                 klen, vlen = len(b.keys), len(b.values)
@@ -222,6 +222,8 @@ class MapMetric:
             log.error("%s: reading map %r: %s", self.where, self.map_name, e)
             if not self.spec.drain:
                 return None  # never a silent partial read; drained elements are kept
+        finally:
+            batches.close()  # a parallel walk's threads are joined before the scrape goes on
         if len(keys) > 2 * kpos + (1 << 20):  # the map shrank: give the room back
             del keys[kpos:], values[vpos:]
         return memoryview(keys)[:kpos], memoryview(values)[:vpos], n
