@@ -88,8 +88,9 @@ class Reader:
     ) -> tuple[list[dict[str, Any]], int]:
         """The top rows of one read (sorted) and the number of entries read.
 
-        A drain appends each batch (a copy: raw bytes, no object per entry) to ``taken`` the
-        moment it has it, so that a caller stopped before showing the read can put it back.
+        A drain adds each batch (a copy: raw bytes, no object per entry) to ``taken`` the
+        moment it has it, so that a caller stopped before showing the read can put it back;
+        so a drained pass is held whole until it is shown.
         """
         m = self.m
         keep = [] if taken is None else taken
@@ -101,20 +102,22 @@ class Reader:
         else:
             batches = m.batches(size, copy=False, workers=workers)
         try:
-            return self._top(batches, dt, keep)
+            if self.drain:
+                # list.extend takes each batch in C as the walk yields it: no bytecode between
+                # the walk handing a batch over and ``taken`` holding it, where a signal could
+                # be raised (it can, on Python < 3.11, between a for loop's body's lines)
+                keep.extend(batches)
+                return self._top(iter(keep), dt)
+            return self._top(batches, dt)
         finally:
             close_walk(batches)  # a parallel drain's undelivered batches go back now
 
-    def _top(
-        self, batches: Iterator[Batch], dt: float | None, keep: list[Batch]
-    ) -> tuple[list[dict[str, Any]], int]:
+    def _top(self, batches: Iterator[Batch], dt: float | None) -> tuple[list[dict[str, Any]], int]:
         f = self.f
         best: list[tuple[Any, ...]] = []
         prev = self.prev
         entries = 0
         for batch in batches:
-            if self.drain:
-                keep.append(batch)  # one C call: kept, or not yet handed over
             n = batch.count
             entries += n
             keys = batch.key_list()

@@ -619,21 +619,27 @@ def _walk(
             mark = marks[out]
             mark[0] = _NOT_RUN
             err: BpfError | None = None
+            handed = False
             try:
                 try:
                     batch = step(fd, access, delete, in_batch, cursors[out], buf, count, opts, copy)
                 except BpfError as e:
                     err, batch = e, e.batch  # type: ignore[assignment]
+                if batch is not None and batch.count:
+                    # Yielded inside the try: on Python < 3.11 leaving a try (POP_BLOCK) is a
+                    # point where a signal can be raised. From the flag to the yield only
+                    # opcodes that never check for signals run; an exception thrown in at the
+                    # yield (close(), a dropped generator) finds the batch already handed over.
+                    handed = True
+                    yield batch
             except BaseException:
-                if delete and mark[0] != _NOT_RUN and count[0]:
+                if not handed and delete and mark[0] != _NOT_RUN and count[0]:
                     _bindings.lbb_put_back(
                         fd, buf.keys, buf.values, buf.layout.key_size,
                         buf.layout.value_stride, count[0], mode, buf.errs,
                     )  # fmt: skip
                     _raise_unrestored(access, buf.keys, buf.errs, count[0], mode)
                 raise
-            if batch is not None and batch.count:
-                yield batch  # delivered: no call between the try and here
             if err is not None:
                 if not started and _batch_op_missing(err, flagged):
                     yield from _per_key_walk(access, fd, delete, capacity, copy)
@@ -688,18 +694,20 @@ def _per_key_walk(
     while rc == 0:
         access.fd("bpf_map_get_next_key")  # closed between batches: stop
         count[0] = 0  # lbb_per_key_batch counts up from here as it deletes
+        handed = False
         try:
             rc = _bindings.lbb_per_key_batch(
                 fd, key, nxt, state, delete, buf.keys, buf.values, ks, vs, buf.capacity, count
             )
             batch = buf.batch(count[0], b"", rc == 1, copy)
+            if batch.count:
+                handed = True  # and yielded inside the try, as in _walk
+                yield batch
         except BaseException:
-            if delete and count[0]:
+            if not handed and delete and count[0]:
                 _bindings.lbb_put_back(fd, buf.keys, buf.values, ks, vs, count[0], mode, buf.errs)
                 _raise_unrestored(access, buf.keys, buf.errs, count[0], mode)
             raise
-        if batch.count:
-            yield batch  # delivered: no call between the try and here
     if rc < 0:
         op = "bpf_map_get_next_key/lookup_elem" + ("/delete_elem" if delete else "")
         raise error_from_errno(-rc, op, access.where)

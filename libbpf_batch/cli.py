@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import itertools
 import json
 import math
 import os
@@ -326,6 +325,12 @@ class _Sent:
                 raise OSError(-n, os.strerror(-n))
 
 
+def _start(writer: Writer) -> bool:
+    writer.start()
+    sys.stdout.flush()  # what start() wrote goes before the batches written with send()
+    return True
+
+
 def _dump(args: argparse.Namespace, drain: bool) -> int:
     with _map_from_args(args) as m, _sigterm_unwinds(drain):
         _require_keys(m, "drain" if drain else "dump")
@@ -341,20 +346,27 @@ def _dump(args: argparse.Namespace, drain: bool) -> int:
         read = m.drain if drain else m.batches
         batches = read(args.batch_size, copy=False, workers=args.workers)
         batch: Batch | None = None
-        before = 0  # entries written before this batch
+        # Entries written before the batch in hand, and its bytes sent: both set before the
+        # next batch is taken, so that an interruption at any point after it is taken puts
+        # back all that is not out.
+        before = sent.done = 0
+        started = False
         try:
-            # the first batch before any output: a map that can't be read prints nothing
-            first = next(batches, None)
-            writer.start()
-            sys.stdout.flush()  # what start() wrote goes before the batches written with send()
-            for batch in itertools.chain([first] if first else [], batches):
+            # A for loop binds each batch as it takes it (no `x = next(it)`, which a signal can
+            # split on Python < 3.11); output starts with the first batch, so a map that can't
+            # be read prints nothing.
+            for batch in batches:
+                if not started:
+                    started = _start(writer)
                 if drain:  # delivered once its text is out; counted, to put back the rest
-                    before, sent.done = writer.count, 0
                     sent.send(writer.render(batch))
                 else:
                     writer.write_batch(batch)
                 progress.add(batch.count)
                 batch = None
+                before, sent.done = writer.count, 0
+            if not started:
+                started = _start(writer)
             writer.finish()
         except BaseException:
             if batch is not None and drain:  # deleted, not (all) written: the rest goes back

@@ -97,7 +97,7 @@ def sender(how: str, sig: int, storm: int = STORM) -> Iterator[Callable[[], None
             t.join()
         return
     proc = subprocess.Popen(
-        [sys.executable, "-c", SENDER, str(os.getpid()), str(sig), str(delay), str(storm)],
+        [sys.executable, "-c", SENDER, str(os.getpid()), str(int(sig)), str(delay), str(storm)],
         stdout=subprocess.PIPE,
         text=True,
     )
