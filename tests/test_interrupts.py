@@ -38,6 +38,20 @@ class Interrupted(Exception):
     """What the SIGTERM handler of the tests raises: any exception a handler raises."""
 
 
+@pytest.fixture(autouse=True)
+def storm_in_finalizers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A signal storm also lands in finalizers and gc callbacks (a dropped iterator, a test
+    tool's gc hook), where Python can only report it as unraisable: collect those the signal
+    handlers raise; any other unraisable exception still fails the test."""
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    yield
+    raised_here = (KeyboardInterrupt, Interrupted)
+    assert all(isinstance(u.exc_value, raised_here) for u in unraisable), [
+        (u.exc_type, u.exc_value, u.object) for u in unraisable
+    ]
+
+
 class Armed:
     """A signal handler that raises ``exc`` only while ``on``: while a drain runs."""
 
