@@ -345,17 +345,18 @@ def _dump(args: argparse.Namespace, drain: bool) -> int:
         progress = Progress("drained" if drain else "read", args.quiet)
         read = m.drain if drain else m.batches
         batches = read(args.batch_size, copy=False, workers=args.workers)
-        batch: Batch | None = None
+        taken: list[Batch] = []  # the batch in hand until it is written out
         # Entries written before the batch in hand, and its bytes sent: both set before the
         # next batch is taken, so that an interruption at any point after it is taken puts
         # back all that is not out.
         before = sent.done = 0
         started = False
         try:
-            # A for loop binds each batch as it takes it (no `x = next(it)`, which a signal can
-            # split on Python < 3.11); output starts with the first batch, so a map that can't
-            # be read prints nothing.
-            for batch in batches:
+            # map() appends each batch to ``taken`` in C as the walk yields it (a for loop's
+            # own binding can be split by a signal on Python < 3.11); output starts with the
+            # first batch, so a map that can't be read prints nothing.
+            for _ in map(taken.append, batches):
+                batch = taken[-1]
                 if not started:
                     started = _start(writer)
                 if drain:  # delivered once its text is out; counted, to put back the rest
@@ -363,13 +364,14 @@ def _dump(args: argparse.Namespace, drain: bool) -> int:
                 else:
                     writer.write_batch(batch)
                 progress.add(batch.count)
-                batch = None
+                taken.clear()
                 before, sent.done = writer.count, 0
             if not started:
                 started = _start(writer)
             writer.finish()
         except BaseException:
-            if batch is not None and drain:  # deleted, not (all) written: the rest goes back
+            if taken and drain:  # deleted, not (all) written: the rest goes back
+                batch = taken[-1]
                 shown = writer.entries_within(batch, before, sent.done)
                 returned = put_back(m.access, batch, shown)
                 _fail(f"drain: {returned} entries not written were returned to the map")

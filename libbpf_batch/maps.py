@@ -1011,7 +1011,8 @@ class Map:
         # stops us, the pairs not yet yielded are the iterator's length_hint.
         op = "bpf_map_lookup_and_delete_batch"
         hold = Hold(access, op)  # the put-back needs this map even if it is closed meanwhile
-        batch = pairs = None
+        taken: list[Batch] = []
+        pairs: Iterator[tuple[bytes, bytes]] | None = None
         batches: Iterator[Batch] | None = None
         taker = os.getpid()
         try:
@@ -1024,14 +1025,19 @@ class Map:
                 workers=workers,
                 n_buckets=n_buckets,
             )
-            for batch in batches:
-                pairs = None
+            # map() appends each batch to ``taken`` in C as the walk yields it: a for loop's
+            # own binding can be split by a signal on Python < 3.11. ``taken`` is emptied
+            # once the batch is all delivered, before ``pairs`` is.
+            for _ in map(taken.append, batches):
                 taker = os.getpid()
-                it = iter(batch)
+                it = iter(taken[-1])
                 pairs = it if hasattr(it, "__length_hint__") else iter(list(it))
                 yield from pairs
+                taken.clear()
+                pairs = None
         except BaseException:
-            if batch is not None and taker == os.getpid():  # a fork's child never
+            if taken and taker == os.getpid():  # a fork's child never
+                batch = taken[-1]
                 rest = batch.count if pairs is None else operator.length_hint(pairs)
                 put_back(access, batch, batch.count - rest, hold=hold)
             raise
